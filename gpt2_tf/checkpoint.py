@@ -1,0 +1,161 @@
+"""Read and write GPT-2 weights in the original TF1 name-based checkpoint format.
+
+A checkpoint is a prefix such as `models/124M/model.ckpt`: the files `<prefix>.index` and
+`<prefix>.data-00000-of-00001` hold tensors by TF1 variable name (`model/wte`, `model/h0/ln_1/g`, ...).
+A folder's `checkpoint` state file names its newest prefix. OpenAI's released models, the nshepperd
+trainer, and this package all use this format, so each can read the others' files.
+"""
+
+import os
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from gpt2_tf.hparams import load_hparams
+from gpt2_tf.model import GPT2
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be found or does not fit the model."""
+
+
+def latest(path):
+    """The newest checkpoint prefix in a folder (from its `checkpoint` state file), or path itself.
+
+    A prefix is accepted as is when `<prefix>.index` exists. Raises CheckpointError otherwise.
+    """
+    if os.path.isdir(path):
+        prefix = tf.train.latest_checkpoint(path)
+        if prefix is None:
+            raise CheckpointError(f"no checkpoint in {path}: it has no valid 'checkpoint' state file")
+        if not os.path.exists(prefix + ".index"):
+            raise CheckpointError(f"{path}/checkpoint names {prefix}, but {prefix}.index does not exist")
+        return prefix
+    if os.path.exists(path + ".index"):
+        return path
+    raise CheckpointError(f"no checkpoint at {path}: expected a folder with a 'checkpoint' file "
+                          f"or a prefix with {os.path.basename(path)}.index")
+
+
+def read(path):
+    """All tensors of a checkpoint (folder or prefix), as {name: numpy array}."""
+    reader = tf.train.load_checkpoint(latest(path))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+def restore(model, path):
+    """Load every weight of `model` from a checkpoint (folder or prefix), by TF1 name.
+
+    Every tensor must be there with the right shape, and the checkpoint must hold nothing else;
+    otherwise one CheckpointError names all the differences and the model is left unchanged.
+    Returns the prefix that was read.
+    """
+    prefix = latest(path)
+    reader = tf.train.load_checkpoint(prefix)
+    stored = reader.get_variable_to_shape_map()
+    wanted = model.variables_by_name()
+    problems = []
+    missing = sorted(set(wanted) - set(stored))
+    unexpected = sorted(set(stored) - set(wanted))
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected)}")
+    for name in sorted(set(wanted) & set(stored)):
+        want = list(wanted[name].shape)
+        if list(stored[name]) != want:
+            problems.append(f"{name} has shape {list(stored[name])}, the model needs {want}")
+    if problems:
+        raise CheckpointError(f"checkpoint {prefix} does not fit the model: " + "; ".join(problems))
+    for name, variable in wanted.items():
+        variable.assign(reader.get_tensor(name))
+    return prefix
+
+
+def save(model, prefix, state_file=True, max_to_keep=None):
+    """Write the model's weights to `<prefix>.index` / `<prefix>.data-00000-of-00001`, atomically.
+
+    The tensors are written under a temporary prefix in the same folder and renamed into place, data
+    file first, so a reader sees either the old checkpoint or the complete new one. With
+    `state_file`, the folder's `checkpoint` file is then updated to name this prefix (relative
+    paths, as in the released models), keeping the `max_to_keep` newest entries (None: all).
+    Returns the prefix.
+    """
+    return save_tensors({name: v.numpy() for name, v in model.variables_by_name().items()},
+                        prefix, state_file=state_file, max_to_keep=max_to_keep)
+
+
+def save_tensors(tensors, prefix, state_file=True, max_to_keep=None):
+    """`save` for a dict {TF1 name: array}; see `save`."""
+    folder = os.path.dirname(os.path.abspath(prefix))
+    os.makedirs(folder, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=folder)
+    try:
+        tmp_prefix = os.path.join(tmp, "ckpt")
+        names = sorted(tensors)
+        tf.raw_ops.SaveV2(prefix=tmp_prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                          tensors=[np.asarray(tensors[n]) for n in names])
+        for suffix in (".data-00000-of-00001", ".index"):
+            os.replace(tmp_prefix + suffix, prefix + suffix)
+    finally:
+        for name in os.listdir(tmp):
+            os.remove(os.path.join(tmp, name))
+        os.rmdir(tmp)
+    if state_file:
+        removed = update_state_file(folder, os.path.basename(prefix), max_to_keep)
+        for old in removed:
+            for suffix in (".index", ".data-00000-of-00001", ".meta"):
+                if os.path.exists(os.path.join(folder, old + suffix)):
+                    os.remove(os.path.join(folder, old + suffix))
+    return prefix
+
+
+def read_state_file(folder):
+    """The checkpoint names listed in `folder/checkpoint`, oldest first (the newest is last)."""
+    path = os.path.join(folder, "checkpoint")
+    if not os.path.exists(path):
+        return []
+    names = []
+    newest = None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            value = value.strip().strip('"')
+            if key.strip() == "all_model_checkpoint_paths":
+                names.append(value)
+            elif key.strip() == "model_checkpoint_path":
+                newest = value
+    if newest is not None:
+        names = [n for n in names if n != newest] + [newest]
+    return names
+
+
+def update_state_file(folder, name, max_to_keep=None):
+    """Make `name` the newest entry of `folder/checkpoint`, atomically; returns the names dropped."""
+    names = [n for n in read_state_file(folder) if n != name] + [name]
+    dropped = []
+    if max_to_keep is not None and len(names) > max_to_keep:
+        dropped, names = names[:-max_to_keep], names[-max_to_keep:]
+    text = f'model_checkpoint_path: "{name}"\n'
+    text += "".join(f'all_model_checkpoint_paths: "{n}"\n' for n in names)
+    tmp = os.path.join(folder, ".checkpoint.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, os.path.join(folder, "checkpoint"))
+    return [n for n in dropped if os.path.basename(n) == n]
+
+
+def load_model(path, **model_kwargs):
+    """Build a GPT2 and load its weights from a model folder, a training run folder, or a prefix.
+
+    hparams.json is read from the folder (or, for a prefix, from the prefix's folder).
+    Returns (model, hparams).
+    """
+    folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    if not os.path.exists(os.path.join(folder, "hparams.json")):
+        raise CheckpointError(f"{folder} has no hparams.json")
+    hparams = load_hparams(folder)
+    model = GPT2(hparams, **model_kwargs)
+    restore(model, path)
+    return model, hparams

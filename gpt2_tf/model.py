@@ -1,0 +1,288 @@
+"""The GPT-2 transformer, as Keras 3 layers with the original's pieces and names.
+
+A reader of OpenAI's `model.py` finds every piece here: `norm`, `conv1d`, `attn`, `mlp`, `block`, the
+tied `wte` output head, and `present`, the keys and values of the new positions that a later call gets
+back as `past`. The weights keep the original's shapes and TF1 names (`model/h0/attn/c_attn/w` is
+[1, n_embd, 3*n_embd]), so released checkpoints load by name (see checkpoint.py).
+
+Shapes: B batch, T new positions, P past positions, C = n_embd, H = n_head, D = C // H, L = n_layer,
+V = n_vocab.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from gpt2_tf.hparams import HParams
+
+
+def shape_list(x):
+    """The static size of each dimension where known, else the dynamic one."""
+    static = x.shape.as_list()
+    dynamic = tf.shape(x)
+    return [dynamic[i] if s is None else s for i, s in enumerate(static)]
+
+
+def softmax(x, axis=-1):
+    """Numerically stable softmax: subtract the max before exponentiating."""
+    x = x - tf.reduce_max(x, axis=axis, keepdims=True)
+    ex = tf.exp(x)
+    return ex / tf.reduce_sum(ex, axis=axis, keepdims=True)
+
+
+def gelu(x):
+    """GELU, tanh approximation (as GPT-2 was trained)."""
+    return 0.5 * x * (1 + tf.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * tf.pow(x, 3))))
+
+
+def attention_mask(nd, ns, dtype):
+    """[nd, ns] matrix, 1 where query i may see key j: j <= i + (ns - nd). Lower triangle, bottom-right."""
+    i = tf.range(nd)[:, None]
+    j = tf.range(ns)
+    return tf.cast(i >= j - ns + nd, dtype)
+
+
+def split_states(x, n):
+    """[..., m] -> [..., n, m // n]."""
+    *start, m = shape_list(x)
+    return tf.reshape(x, start + [n, m // n])
+
+
+def merge_states(x):
+    """[..., a, b] -> [..., a * b]."""
+    *start, a, b = shape_list(x)
+    return tf.reshape(x, start + [a * b])
+
+
+class Norm(keras.layers.Layer):
+    """`norm`: layer normalization over the last axis, with the original's epsilon and biased variance.
+
+    Weights `g` [C] (ones) and `b` [C] (zeros). [..., C] -> [..., C].
+    """
+
+    def __init__(self, n_state, epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.n_state = n_state
+        self.epsilon = epsilon
+        self.g = self.add_weight(name="g", shape=(n_state,), initializer="ones")
+        self.b = self.add_weight(name="b", shape=(n_state,), initializer="zeros")
+
+    def call(self, x):
+        u = tf.reduce_mean(x, axis=-1, keepdims=True)
+        s = tf.reduce_mean(tf.square(x - u), axis=-1, keepdims=True)
+        x = (x - u) * tf.math.rsqrt(s + self.epsilon)
+        return x * self.g + self.b
+
+    def get_config(self):
+        return {**super().get_config(), "n_state": self.n_state, "epsilon": self.epsilon}
+
+
+class Conv1D(keras.layers.Layer):
+    """`conv1d`: a dense layer stored as the original's width-1 convolution.
+
+    Weights `w` [1, nx, nf] (normal, stddev w_init_stdev) and `b` [nf] (zeros). [..., nx] -> [..., nf].
+    """
+
+    def __init__(self, nx, nf, w_init_stdev=0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.nx = nx
+        self.nf = nf
+        self.w_init_stdev = w_init_stdev
+        init = keras.initializers.RandomNormal(stddev=w_init_stdev)
+        self.w = self.add_weight(name="w", shape=(1, nx, nf), initializer=init)
+        self.b = self.add_weight(name="b", shape=(nf,), initializer="zeros")
+
+    def call(self, x):
+        *start, _ = shape_list(x)
+        c = tf.matmul(tf.reshape(x, [-1, self.nx]), tf.reshape(self.w, [self.nx, self.nf])) + self.b
+        return tf.reshape(c, start + [self.nf])
+
+    def get_config(self):
+        return {**super().get_config(), "nx": self.nx, "nf": self.nf, "w_init_stdev": self.w_init_stdev}
+
+
+class Attention(keras.layers.Layer):
+    """`attn`: masked multi-head self-attention, with the key/value cache of earlier positions.
+
+    call(x [B, T, C], past [B, 2, H, P, D] or None) -> (a [B, T, C], present [B, 2, H, T, D]).
+    `present` holds the keys and values of the T new positions only.
+    """
+
+    def __init__(self, n_state, n_head, proj_init_stdev=0.02, **kwargs):
+        super().__init__(**kwargs)
+        if n_state % n_head:
+            raise ValueError(f"n_state ({n_state}) must be a multiple of n_head ({n_head})")
+        self.n_state = n_state
+        self.n_head = n_head
+        self.proj_init_stdev = proj_init_stdev
+        self.c_attn = Conv1D(n_state, 3 * n_state, name="c_attn")
+        self.c_proj = Conv1D(n_state, n_state, w_init_stdev=proj_init_stdev, name="c_proj")
+
+    def split_heads(self, x):
+        """[B, T, C] -> [B, H, T, D]."""
+        return tf.transpose(split_states(x, self.n_head), [0, 2, 1, 3])
+
+    def merge_heads(self, x):
+        """[B, H, T, D] -> [B, T, C]."""
+        return merge_states(tf.transpose(x, [0, 2, 1, 3]))
+
+    def mask_attn_weights(self, w):
+        """Set the scores of future keys to -1e10. w: [B, H, T, P+T] float32."""
+        _, _, nd, ns = shape_list(w)
+        b = tf.reshape(attention_mask(nd, ns, w.dtype), [1, 1, nd, ns])
+        return w * b - tf.cast(1e10, w.dtype) * (1 - b)
+
+    def multihead_attn(self, q, k, v):
+        """q [B, H, T, D], k and v [B, H, P+T, D] -> [B, H, T, D].
+
+        Scores, mask and softmax are computed in float32 whatever the compute dtype, so that -1e10 is
+        safe in half precision.
+        """
+        w = tf.matmul(q, k, transpose_b=True)
+        w = tf.cast(w, tf.float32) * tf.math.rsqrt(tf.cast(shape_list(v)[-1], tf.float32))
+        w = softmax(self.mask_attn_weights(w))
+        return tf.matmul(tf.cast(w, v.dtype), v)
+
+    def call(self, x, past=None):
+        c = self.c_attn(x)
+        q, k, v = map(self.split_heads, tf.split(c, 3, axis=2))
+        present = tf.stack([k, v], axis=1)
+        if past is not None:
+            pk, pv = tf.unstack(past, axis=1)
+            k = tf.concat([pk, k], axis=-2)
+            v = tf.concat([pv, v], axis=-2)
+        a = self.merge_heads(self.multihead_attn(q, k, v))
+        return self.c_proj(a), present
+
+    def get_config(self):
+        return {**super().get_config(), "n_state": self.n_state, "n_head": self.n_head,
+                "proj_init_stdev": self.proj_init_stdev}
+
+
+class MLP(keras.layers.Layer):
+    """`mlp`: c_fc (C -> 4C), gelu, c_proj (4C -> C). [B, T, C] -> [B, T, C]."""
+
+    def __init__(self, n_state, n_embd, proj_init_stdev=0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.n_state = n_state
+        self.n_embd = n_embd
+        self.proj_init_stdev = proj_init_stdev
+        self.c_fc = Conv1D(n_embd, n_state, name="c_fc")
+        self.c_proj = Conv1D(n_state, n_embd, w_init_stdev=proj_init_stdev, name="c_proj")
+
+    def call(self, x):
+        return self.c_proj(gelu(self.c_fc(x)))
+
+    def get_config(self):
+        return {**super().get_config(), "n_state": self.n_state, "n_embd": self.n_embd,
+                "proj_init_stdev": self.proj_init_stdev}
+
+
+class Block(keras.layers.Layer):
+    """`block`: pre-norm residual attention and MLP.
+
+    call(x [B, T, C], past [B, 2, H, P, D] or None) -> (x [B, T, C], present [B, 2, H, T, D]).
+    """
+
+    def __init__(self, n_embd, n_head, proj_init_stdev=0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.n_embd = n_embd
+        self.n_head = n_head
+        self.proj_init_stdev = proj_init_stdev
+        self.ln_1 = Norm(n_embd, name="ln_1")
+        self.attn = Attention(n_embd, n_head, proj_init_stdev, name="attn")
+        self.ln_2 = Norm(n_embd, name="ln_2")
+        self.mlp = MLP(4 * n_embd, n_embd, proj_init_stdev, name="mlp")
+
+    def call(self, x, past=None):
+        a, present = self.attn(self.ln_1(x), past=past)
+        x = x + a
+        m = self.mlp(self.ln_2(x))
+        x = x + m
+        return x, present
+
+    def get_config(self):
+        return {**super().get_config(), "n_embd": self.n_embd, "n_head": self.n_head,
+                "proj_init_stdev": self.proj_init_stdev}
+
+
+class GPT2(keras.Model):
+    """`model`: token and position embeddings, L blocks, a final norm, and logits from the tied `wte`.
+
+    call(tokens [B, T] int, past [B, L, 2, H, P, D] or None) -> {
+        "logits": [B, T, V] float32,
+        "present": [B, L, 2, H, T, D], the keys and values of the T new positions,
+    }
+    With `past`, the new tokens take positions P .. P+T-1. P + T may not exceed n_ctx.
+
+    Weights are created with the model, initialised as GPT-2 was (wte N(0, 0.02), wpe
+    N(0, 0.01), every w N(0, 0.02), biases 0, gains 1); `residual_scaling=True` also scales the
+    residual projections (attn/c_proj and mlp/c_proj) by 1/sqrt(2 * n_layer), as in the GPT-2 paper.
+    """
+
+    def __init__(self, hparams, residual_scaling=False, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(hparams, dict):
+            hparams = HParams.from_dict(hparams)
+        self.hparams = hparams
+        self.residual_scaling = residual_scaling
+        proj_stdev = 0.02 / math.sqrt(2 * hparams.n_layer) if residual_scaling else 0.02
+        self.wpe = self.add_weight(name="wpe", shape=(hparams.n_ctx, hparams.n_embd),
+                                   initializer=keras.initializers.RandomNormal(stddev=0.01))
+        self.wte = self.add_weight(name="wte", shape=(hparams.n_vocab, hparams.n_embd),
+                                   initializer=keras.initializers.RandomNormal(stddev=0.02))
+        self.blocks = [Block(hparams.n_embd, hparams.n_head, proj_stdev, name=f"h{i}")
+                       for i in range(hparams.n_layer)]
+        self.ln_f = Norm(hparams.n_embd, name="ln_f")
+
+    def call(self, tokens, past=None):
+        hp = self.hparams
+        batch, length = shape_list(tokens)
+        past_length = 0 if past is None else shape_list(past)[-2]
+        check_positions(past_length, length, hp.n_ctx)
+        positions = past_length + tf.range(length)
+        h = tf.gather(self.wte, tokens) + tf.gather(self.wpe, positions)[None]
+        pasts = tf.unstack(past, axis=1) if past is not None else [None] * hp.n_layer
+        presents = []
+        for block, layer_past in zip(self.blocks, pasts):
+            h, present = block(h, past=layer_past)
+            presents.append(present)
+        h = self.ln_f(h)
+        logits = tf.matmul(tf.reshape(h, [-1, hp.n_embd]), tf.cast(self.wte, h.dtype), transpose_b=True)
+        logits = tf.reshape(tf.cast(logits, tf.float32), [batch, length, hp.n_vocab])
+        return {"present": tf.stack(presents, axis=1), "logits": logits}
+
+    def variables_by_name(self):
+        """{TF1 checkpoint name: variable}, e.g. "model/h0/attn/c_attn/w"."""
+        names = {"model/wpe": self.wpe, "model/wte": self.wte}
+        for i, block in enumerate(self.blocks):
+            for path, layer in (("ln_1", block.ln_1), ("attn/c_attn", block.attn.c_attn),
+                                ("attn/c_proj", block.attn.c_proj), ("ln_2", block.ln_2),
+                                ("mlp/c_fc", block.mlp.c_fc), ("mlp/c_proj", block.mlp.c_proj)):
+                for weight in ("g", "b") if isinstance(layer, Norm) else ("w", "b"):
+                    names[f"model/h{i}/{path}/{weight}"] = getattr(layer, weight)
+        names["model/ln_f/g"] = self.ln_f.g
+        names["model/ln_f/b"] = self.ln_f.b
+        return names
+
+    def get_config(self):
+        return {**super().get_config(), "hparams": self.hparams.to_dict(),
+                "residual_scaling": self.residual_scaling}
+
+
+def check_positions(past_length, length, n_ctx):
+    """Refuse to run past the position table: P + T must be at most n_ctx."""
+    if isinstance(past_length, int) and isinstance(length, int):
+        if past_length + length > n_ctx:
+            raise ValueError(f"sequence too long: {past_length} past + {length} new positions > n_ctx = "
+                             f"{n_ctx}; GPT-2 has no position embedding beyond n_ctx")
+    else:
+        tf.debugging.assert_less_equal(
+            past_length + length, n_ctx,
+            message=f"sequence too long: past + new positions exceed n_ctx = {n_ctx}")
+
+
+def past_shape(hparams, batch_size=None, sequence=None):
+    """[B, L, 2, H, P, D], the shape of `past` / `present`."""
+    return [batch_size, hparams.n_layer, 2, hparams.n_head, sequence, hparams.n_embd // hparams.n_head]

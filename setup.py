@@ -1,0 +1,31 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="gpt2-tf",
+    version="0.1.0",
+    description="OpenAI's GPT-2 (and the nshepperd fine-tuning tools) on TensorFlow 2 and Keras 3",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["gpt2_tf", "gpt2_tf.*"]),
+    py_modules=["download_model", "encode", "train", "sample"],
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3",
+        "regex",
+        "numpy",
+        "tqdm",
+        "requests",
+    ],
+    extras_require={
+        "test": ["pytest", "hypothesis", "ruff", "tiktoken"],
+    },
+    entry_points={
+        "console_scripts": [
+            "gpt2-download=download_model:main",
+            "gpt2-encode=encode:main",
+            "gpt2-train=train:main",
+            "gpt2-sample=sample:main",
+        ],
+    },
+)

@@ -1,0 +1,47 @@
+"""An independent float64 NumPy forward pass of GPT-2, written from the paper's equations.
+
+It works on the TF1 checkpoint tensors directly ({name: array}) and returns logits and the
+keys/values of every position, so tests can compare the Keras model against it.
+"""
+
+import numpy as np
+
+
+def layer_norm(x, g, b, eps=1e-5):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * g + b
+
+
+def gelu(x):
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def forward(weights, hparams, tokens):
+    """tokens [B, T] -> (logits [B, T, V], kv [B, L, 2, H, T, D]), all float64."""
+    w = {k: np.asarray(v, np.float64) for k, v in weights.items()}
+    n_head, n_embd = hparams["n_head"], hparams["n_embd"]
+    d = n_embd // n_head
+    tokens = np.asarray(tokens)
+    batch, length = tokens.shape
+    x = w["model/wte"][tokens] + w["model/wpe"][np.arange(length)][None]
+    causal = np.tril(np.ones((length, length), bool))
+    kv = []
+    for i in range(hparams["n_layer"]):
+        p = f"model/h{i}/"
+        h = layer_norm(x, w[p + "ln_1/g"], w[p + "ln_1/b"])
+        qkv = h @ w[p + "attn/c_attn/w"][0] + w[p + "attn/c_attn/b"]
+        heads = qkv.reshape(batch, length, 3, n_head, d).transpose(2, 0, 3, 1, 4)
+        q, k, v = heads[0], heads[1], heads[2]
+        kv.append(np.stack([k, v], axis=1))
+        scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d)
+        scores = np.where(causal, scores, -np.inf)
+        scores = np.exp(scores - scores.max(-1, keepdims=True))
+        att = scores / scores.sum(-1, keepdims=True)
+        a = (att @ v).transpose(0, 2, 1, 3).reshape(batch, length, n_embd)
+        x = x + a @ w[p + "attn/c_proj/w"][0] + w[p + "attn/c_proj/b"]
+        h = layer_norm(x, w[p + "ln_2/g"], w[p + "ln_2/b"])
+        h = gelu(h @ w[p + "mlp/c_fc/w"][0] + w[p + "mlp/c_fc/b"])
+        x = x + h @ w[p + "mlp/c_proj/w"][0] + w[p + "mlp/c_proj/b"]
+    x = layer_norm(x, w["model/ln_f/g"], w["model/ln_f/b"])
+    return x @ w["model/wte"].T, np.stack(kv, axis=1)

@@ -1,0 +1,130 @@
+"""The Keras model computes what GPT-2 computes: checked against a float64 NumPy forward pass."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from numpy_gpt2 import forward
+
+from gpt2_tf.checkpoint import load_model
+from gpt2_tf.hparams import RELEASED, HParams, load_hparams, model_dir, released
+from gpt2_tf.model import GPT2, Attention, Conv1D, Norm, attention_mask
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model):
+    models_dir, name, weights = tiny_model
+    model, hparams = load_model(f"{models_dir}/{name}")
+    return model, hparams.to_dict(), weights
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return np.random.default_rng(1).integers(0, 50257, size=(3, 24))
+
+
+def test_logits_and_present_match_numpy(loaded, tokens):
+    model, hparams, weights = loaded
+    out = model(tf.constant(tokens))
+    logits, kv = forward(weights, hparams, tokens)
+    assert out["logits"].dtype == tf.float32
+    assert out["logits"].shape == (3, 24, 50257)
+    assert np.abs(out["logits"].numpy() - logits).mean() < 1e-4
+    assert np.abs(out["logits"].numpy() - logits).max() < 1e-3
+    assert out["present"].shape == (3, 2, 2, 4, 24, 8)
+    np.testing.assert_allclose(out["present"].numpy(), kv, atol=1e-4)
+
+
+def test_two_steps_with_past_equal_one_pass(loaded, tokens):
+    model, hparams, weights = loaded
+    full = model(tf.constant(tokens))
+    first = model(tf.constant(tokens[:, :10]))
+    second = model(tf.constant(tokens[:, 10:]), past=first["present"])
+    np.testing.assert_allclose(second["logits"].numpy(), full["logits"].numpy()[:, 10:], atol=1e-4)
+    np.testing.assert_allclose(second["present"].numpy(), full["present"].numpy()[..., 10:, :], atol=1e-4)
+    # One token at a time, growing the past, as the sampler does.
+    past = first["present"]
+    for t in range(10, 13):
+        step = model(tf.constant(tokens[:, t:t + 1]), past=past)
+        np.testing.assert_allclose(step["logits"].numpy()[:, 0], full["logits"].numpy()[:, t], atol=1e-4)
+        past = tf.concat([past, step["present"]], axis=-2)
+
+
+def test_rows_of_a_batch_are_independent(loaded, tokens):
+    model, _, _ = loaded
+    batch = model(tf.constant(tokens))["logits"].numpy()
+    for row in range(3):
+        alone = model(tf.constant(tokens[row:row + 1]))["logits"].numpy()
+        np.testing.assert_allclose(alone[0], batch[row], atol=1e-4)
+
+
+def test_too_many_positions_is_a_clear_error(loaded):
+    model, hparams, _ = loaded
+    with pytest.raises(ValueError, match="sequence too long"):
+        model(tf.zeros([1, hparams["n_ctx"] + 1], tf.int32))
+    past = model(tf.zeros([1, hparams["n_ctx"] - 1], tf.int32))["present"]
+    model(tf.zeros([1, 1], tf.int32), past=past)  # exactly n_ctx positions is fine
+    with pytest.raises(ValueError, match="sequence too long"):
+        model(tf.zeros([1, 2], tf.int32), past=past)
+
+
+def test_too_many_positions_in_a_compiled_function(loaded):
+    model, hparams, _ = loaded
+    run = tf.function(lambda x: model(x)["logits"],
+                      input_signature=[tf.TensorSpec([1, None], tf.int32)])
+    run(tf.zeros([1, 4], tf.int32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="sequence too long"):
+        run(tf.zeros([1, hparams["n_ctx"] + 1], tf.int32))
+
+
+def test_pieces_have_the_original_numerics():
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, 5, 8)) * 3 + 1, tf.float32)
+    norm = Norm(8)
+    y = norm(x).numpy()
+    xn = x.numpy().astype(np.float64)
+    expect = (xn - xn.mean(-1, keepdims=True)) / np.sqrt(xn.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(y, expect, atol=1e-5)
+    conv = Conv1D(8, 6)
+    assert conv.w.shape == (1, 8, 6) and conv.b.shape == (6,)
+    np.testing.assert_allclose(conv(x).numpy(), xn @ conv.w.numpy()[0], atol=1e-4)
+    np.testing.assert_array_equal(attention_mask(2, 4, tf.float32).numpy(), [[1, 1, 1, 0], [1, 1, 1, 1]])
+
+
+def test_half_precision_attention_mask_is_safe():
+    attn = Attention(8, 2, dtype="float16")
+    a, _ = attn(tf.random.normal([1, 6, 8], dtype=tf.float16))
+    assert np.isfinite(a.numpy()).all()
+
+
+def test_layers_round_trip_their_config():
+    for layer in (Norm(8, name="ln_1"), Conv1D(8, 24, name="c_attn"), Attention(8, 2, name="attn")):
+        clone = type(layer).from_config(layer.get_config())
+        assert clone.get_config() == layer.get_config()
+    model = GPT2(HParams(n_vocab=10, n_ctx=8, n_embd=8, n_head=2, n_layer=1))
+    assert GPT2.from_config(model.get_config()).hparams == model.hparams
+
+
+def test_new_model_is_initialised_as_gpt2():
+    hp = HParams(n_vocab=2000, n_ctx=512, n_embd=64, n_head=4, n_layer=8)
+    model = GPT2(hp, residual_scaling=True)
+    w = {k: v.numpy() for k, v in model.variables_by_name().items()}
+    assert abs(w["model/wte"].std() - 0.02) < 0.001
+    assert abs(w["model/wpe"].std() - 0.01) < 0.0005
+    assert abs(w["model/h0/attn/c_attn/w"].std() - 0.02) < 0.001
+    assert abs(w["model/h3/mlp/c_proj/w"].std() - 0.02 / 4) < 0.0005
+    assert (w["model/h0/ln_1/g"] == 1).all() and (w["model/h0/mlp/c_fc/b"] == 0).all()
+
+
+def test_hparams_sizes_and_aliases(vocab_dir, tmp_path):
+    for name in RELEASED:
+        hp = load_hparams(f"{vocab_dir}/hparams-{name}.json")
+        assert hp == released(name)
+        assert len(hp.variable_shapes()) == 4 + 12 * hp.n_layer
+    assert released("117M") == released("124M") and released("345M") == released("355M")
+    assert released("124M").n_params() == 124_439_808
+    assert released("1558M").n_params() == 1_557_611_200
+    with pytest.raises(ValueError, match="released models are 124M"):
+        released("744M")
+    with pytest.raises(ValueError, match="unknown keys"):
+        HParams.from_dict({"n_vocab": 1, "n_embed": 3})
+    (tmp_path / "124M").mkdir()
+    assert model_dir("117M", str(tmp_path)) == str(tmp_path / "124M")
