@@ -16,6 +16,7 @@ setup(
         "numpy",
         "tqdm",
         "requests",
+        "urllib3>=2",  # the downloader reads partial bodies with read1()
     ],
     extras_require={
         "test": ["pytest", "hypothesis", "ruff", "tiktoken"],

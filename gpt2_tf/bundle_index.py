@@ -1,0 +1,149 @@
+"""Read the index of a TensorFlow checkpoint (`model.ckpt.index`) without TensorFlow.
+
+A checkpoint is a "tensor bundle": the tensors' bytes are in `<prefix>.data-NNNNN-of-NNNNN` and the index
+`<prefix>.index` says where each tensor is. The index is a LevelDB-style sorted table:
+
+* the last 48 bytes are a footer: two block handles (metaindex, index), each a pair of varints
+  (offset, size), zero padding, and an 8-byte magic number;
+* the index block maps a separator key to the handle of each data block;
+* a block is a run of entries followed by an array of 32-bit restart offsets and their count; an entry
+  is three varints (bytes shared with the previous key, bytes of new key, value length), the new key
+  bytes and the value. Every block is followed by a 5-byte trailer: a compression byte and a checksum.
+  TensorFlow writes bundles without compression.
+
+The value of each key is a serialized `BundleEntryProto` (dtype = 1, shape = 2, shard_id = 3,
+offset = 4, size = 5, crc32c = 6); the empty key holds the `BundleHeaderProto` and is skipped.
+"""
+
+import struct
+
+TABLE_MAGIC = 0xDB4775248B80FB57
+FOOTER_SIZE = 48
+
+DT_FLOAT = 1  # TensorFlow's DataType number of float32
+
+
+def _varint(data, pos):
+    """Decode a base-128 varint at `pos`; returns (value, next position)."""
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated or malformed varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, pos
+
+
+def _proto_fields(data):
+    """Decode a protobuf message into {field number: [values]} (varints as ints, the rest as bytes)."""
+    fields = {}
+    pos = 0
+    while pos < len(data):
+        tag, pos = _varint(data, pos)
+        number, wire_type = tag >> 3, tag & 7
+        if wire_type == 0:
+            value, pos = _varint(data, pos)
+        elif wire_type == 1:
+            value, pos = data[pos:pos + 8], pos + 8
+        elif wire_type == 2:
+            length, pos = _varint(data, pos)
+            value, pos = data[pos:pos + length], pos + length
+        elif wire_type == 5:
+            value, pos = data[pos:pos + 4], pos + 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire_type}")
+        if pos > len(data):
+            raise ValueError("truncated protobuf message")
+        fields.setdefault(number, []).append(value)
+    return fields
+
+
+def _read_block(data, handle):
+    """The contents of the block at `handle` = (offset, size), checking its trailer."""
+    offset, size = handle
+    if offset + size + 5 > len(data):
+        raise ValueError("block extends past the end of the file")
+    if data[offset + size] != 0:
+        raise ValueError("compressed blocks are not supported")
+    return data[offset:offset + size]
+
+
+def _block_entries(block):
+    """Yield the (key, value) pairs of a block, undoing the key prefix compression."""
+    if len(block) < 4:
+        raise ValueError("block too short")
+    (num_restarts,) = struct.unpack_from("<I", block, len(block) - 4)
+    end = len(block) - 4 * (num_restarts + 1)
+    if end < 0:
+        raise ValueError("bad restart array")
+    key = b""
+    pos = 0
+    while pos < end:
+        shared, pos = _varint(block, pos)
+        unshared, pos = _varint(block, pos)
+        value_length, pos = _varint(block, pos)
+        if shared > len(key) or pos + unshared + value_length > end:
+            raise ValueError("corrupt block entry")
+        key = key[:shared] + block[pos:pos + unshared]
+        pos += unshared
+        yield key, block[pos:pos + value_length]
+        pos += value_length
+
+
+def _bundle_entry(value):
+    """(dtype, shape, shard_id, offset, size) from a serialized BundleEntryProto."""
+    fields = _proto_fields(value)
+    if 7 in fields:
+        raise ValueError("sliced (partitioned) tensors are not supported")
+    shape_fields = _proto_fields(fields.get(2, [b""])[-1])
+    if 3 in shape_fields and shape_fields[3][-1]:
+        raise ValueError("tensor of unknown rank")
+    shape = [_proto_fields(dim).get(1, [0])[-1] for dim in shape_fields.get(2, [])]
+    # int64 fields are encoded as two's complement varints; a negative size means an invalid entry.
+    if any(size >= 1 << 63 for size in shape):
+        raise ValueError("negative dimension")
+
+    def scalar(number):
+        return fields.get(number, [0])[-1]
+
+    return scalar(1), shape, scalar(3), scalar(4), scalar(5)
+
+
+def read_bundle_index(path):
+    """Read a checkpoint index file.
+
+    Returns {tensor name: (dtype enum, shape list, offset, size)}, where dtype is TensorFlow's DataType
+    number (1 = float32) and offset/size locate the tensor's bytes in the data file. Raises ValueError
+    if the file is not a readable, single-shard bundle index.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < FOOTER_SIZE:
+        raise ValueError(f"{path}: too short to be a checkpoint index")
+    footer = data[-FOOTER_SIZE:]
+    if struct.unpack("<Q", footer[-8:])[0] != TABLE_MAGIC:
+        raise ValueError(f"{path}: not a checkpoint index (bad magic number)")
+    try:
+        pos = 0
+        handles = []
+        for _ in range(4):
+            value, pos = _varint(footer, pos)
+            handles.append(value)
+        index_handle = handles[2], handles[3]
+        tensors = {}
+        for _, block_handle in _block_entries(_read_block(data, index_handle)):
+            offset, pos = _varint(block_handle, 0)
+            size, _ = _varint(block_handle, pos)
+            for key, value in _block_entries(_read_block(data, (offset, size))):
+                if not key:
+                    continue  # the BundleHeaderProto
+                dtype, shape, shard_id, offset_in_data, size_in_data = _bundle_entry(value)
+                if shard_id != 0:
+                    raise ValueError("multi-shard checkpoints are not supported")
+                tensors[key.decode("utf-8")] = (dtype, shape, offset_in_data, size_in_data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: corrupt checkpoint index ({e})") from None
+    return tensors
