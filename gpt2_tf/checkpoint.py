@@ -69,7 +69,7 @@ def restore(model, path):
     if problems:
         raise CheckpointError(f"checkpoint {prefix} does not fit the model: " + "; ".join(problems))
     for name, variable in wanted.items():
-        variable.assign(reader.get_tensor(name))
+        variable.assign(tf.cast(reader.get_tensor(name), variable.dtype))
     return prefix
 
 
@@ -82,8 +82,8 @@ def save(model, prefix, state_file=True, max_to_keep=None):
     paths, as in the released models), keeping the `max_to_keep` newest entries (None: all).
     Returns the prefix.
     """
-    return save_tensors({name: v.numpy() for name, v in model.variables_by_name().items()},
-                        prefix, state_file=state_file, max_to_keep=max_to_keep)
+    tensors = {name: tf.cast(v, tf.float32).numpy() for name, v in model.variables_by_name().items()}
+    return save_tensors(tensors, prefix, state_file=state_file, max_to_keep=max_to_keep)
 
 
 def save_tensors(tensors, prefix, state_file=True, max_to_keep=None):
@@ -146,16 +146,17 @@ def update_state_file(folder, name, max_to_keep=None):
     return [n for n in dropped if os.path.basename(n) == n]
 
 
-def load_model(path, **model_kwargs):
+def load_model(path, hparams=None, **model_kwargs):
     """Build a GPT2 and load its weights from a model folder, a training run folder, or a prefix.
 
-    hparams.json is read from the folder (or, for a prefix, from the prefix's folder).
-    Returns (model, hparams).
+    Unless given, hparams.json is read from the folder (or, for a prefix, from the prefix's folder).
+    Extra arguments go to GPT2 (e.g. dtype="bfloat16"). Returns (model, hparams).
     """
-    folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
-    if not os.path.exists(os.path.join(folder, "hparams.json")):
-        raise CheckpointError(f"{folder} has no hparams.json")
-    hparams = load_hparams(folder)
+    if hparams is None:
+        folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
+        if not os.path.exists(os.path.join(folder, "hparams.json")):
+            raise CheckpointError(f"{folder} has no hparams.json")
+        hparams = load_hparams(folder)
     model = GPT2(hparams, **model_kwargs)
     restore(model, path)
     return model, hparams

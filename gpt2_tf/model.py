@@ -13,6 +13,7 @@ import math
 
 import keras
 import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla  # dynamic_update_slice: in-place cache writes
 
 from gpt2_tf.hparams import HParams
 
@@ -36,11 +37,18 @@ def gelu(x):
     return 0.5 * x * (1 + tf.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * tf.pow(x, 3))))
 
 
-def attention_mask(nd, ns, dtype):
-    """[nd, ns] matrix, 1 where query i may see key j: j <= i + (ns - nd). Lower triangle, bottom-right."""
+def attention_mask(nd, ns, dtype, past_length=None):
+    """[nd, ns] matrix, 1 where query i may see key j: j <= past_length + i.
+
+    By default past_length = ns - nd (the new queries are the last nd of the ns keys): the lower
+    triangle anchored at the bottom-right corner, as in the original. A preallocated cache passes the
+    number of positions already filled, and the keys past the queries stay masked.
+    """
+    if past_length is None:
+        past_length = ns - nd
     i = tf.range(nd)[:, None]
     j = tf.range(ns)
-    return tf.cast(i >= j - ns + nd, dtype)
+    return tf.cast(j <= past_length + i, dtype)
 
 
 def split_states(x, n):
@@ -107,6 +115,10 @@ class Attention(keras.layers.Layer):
 
     call(x [B, T, C], past [B, 2, H, P, D] or None) -> (a [B, T, C], present [B, 2, H, T, D]).
     `present` holds the keys and values of the T new positions only.
+
+    With `past_length` (a scalar), `past` is instead a preallocated cache [B, 2, H, S, D] whose first
+    past_length positions are filled: the new keys and values are written in place after them, and
+    `present` is the updated cache [B, 2, H, S, D].
     """
 
     def __init__(self, n_state, n_head, proj_init_stdev=0.02, **kwargs):
@@ -116,8 +128,8 @@ class Attention(keras.layers.Layer):
         self.n_state = n_state
         self.n_head = n_head
         self.proj_init_stdev = proj_init_stdev
-        self.c_attn = Conv1D(n_state, 3 * n_state, name="c_attn")
-        self.c_proj = Conv1D(n_state, n_state, w_init_stdev=proj_init_stdev, name="c_proj")
+        self.c_attn = Conv1D(n_state, 3 * n_state, name="c_attn", dtype=self.dtype_policy)
+        self.c_proj = Conv1D(n_state, n_state, proj_init_stdev, name="c_proj", dtype=self.dtype_policy)
 
     def split_heads(self, x):
         """[B, T, C] -> [B, H, T, D]."""
@@ -127,32 +139,36 @@ class Attention(keras.layers.Layer):
         """[B, H, T, D] -> [B, T, C]."""
         return merge_states(tf.transpose(x, [0, 2, 1, 3]))
 
-    def mask_attn_weights(self, w):
-        """Set the scores of future keys to -1e10. w: [B, H, T, P+T] float32."""
+    def mask_attn_weights(self, w, past_length=None):
+        """Set the scores of future keys to -1e10. w: [B, H, T, S] float32."""
         _, _, nd, ns = shape_list(w)
-        b = tf.reshape(attention_mask(nd, ns, w.dtype), [1, 1, nd, ns])
+        b = tf.reshape(attention_mask(nd, ns, w.dtype, past_length), [1, 1, nd, ns])
         return w * b - tf.cast(1e10, w.dtype) * (1 - b)
 
-    def multihead_attn(self, q, k, v):
-        """q [B, H, T, D], k and v [B, H, P+T, D] -> [B, H, T, D].
+    def multihead_attn(self, q, k, v, past_length=None):
+        """q [B, H, T, D], k and v [B, H, S, D] -> [B, H, T, D].
 
         Scores, mask and softmax are computed in float32 whatever the compute dtype, so that -1e10 is
         safe in half precision.
         """
         w = tf.matmul(q, k, transpose_b=True)
         w = tf.cast(w, tf.float32) * tf.math.rsqrt(tf.cast(shape_list(v)[-1], tf.float32))
-        w = softmax(self.mask_attn_weights(w))
+        w = softmax(self.mask_attn_weights(w, past_length))
         return tf.matmul(tf.cast(w, v.dtype), v)
 
-    def call(self, x, past=None):
+    def call(self, x, past=None, past_length=None):
         c = self.c_attn(x)
         q, k, v = map(self.split_heads, tf.split(c, 3, axis=2))
         present = tf.stack([k, v], axis=1)
-        if past is not None:
+        if past_length is not None:
+            start = tf.stack([0, 0, 0, tf.cast(past_length, tf.int32), 0])
+            present = xla.dynamic_update_slice(past, present, start)
+            k, v = tf.unstack(present, axis=1)
+        elif past is not None:
             pk, pv = tf.unstack(past, axis=1)
             k = tf.concat([pk, k], axis=-2)
             v = tf.concat([pv, v], axis=-2)
-        a = self.merge_heads(self.multihead_attn(q, k, v))
+        a = self.merge_heads(self.multihead_attn(q, k, v, past_length))
         return self.c_proj(a), present
 
     def get_config(self):
@@ -168,8 +184,8 @@ class MLP(keras.layers.Layer):
         self.n_state = n_state
         self.n_embd = n_embd
         self.proj_init_stdev = proj_init_stdev
-        self.c_fc = Conv1D(n_embd, n_state, name="c_fc")
-        self.c_proj = Conv1D(n_state, n_embd, w_init_stdev=proj_init_stdev, name="c_proj")
+        self.c_fc = Conv1D(n_embd, n_state, name="c_fc", dtype=self.dtype_policy)
+        self.c_proj = Conv1D(n_state, n_embd, proj_init_stdev, name="c_proj", dtype=self.dtype_policy)
 
     def call(self, x):
         return self.c_proj(gelu(self.c_fc(x)))
@@ -190,13 +206,13 @@ class Block(keras.layers.Layer):
         self.n_embd = n_embd
         self.n_head = n_head
         self.proj_init_stdev = proj_init_stdev
-        self.ln_1 = Norm(n_embd, name="ln_1")
-        self.attn = Attention(n_embd, n_head, proj_init_stdev, name="attn")
-        self.ln_2 = Norm(n_embd, name="ln_2")
-        self.mlp = MLP(4 * n_embd, n_embd, proj_init_stdev, name="mlp")
+        self.ln_1 = Norm(n_embd, name="ln_1", dtype=self.dtype_policy)
+        self.attn = Attention(n_embd, n_head, proj_init_stdev, name="attn", dtype=self.dtype_policy)
+        self.ln_2 = Norm(n_embd, name="ln_2", dtype=self.dtype_policy)
+        self.mlp = MLP(4 * n_embd, n_embd, proj_init_stdev, name="mlp", dtype=self.dtype_policy)
 
-    def call(self, x, past=None):
-        a, present = self.attn(self.ln_1(x), past=past)
+    def call(self, x, past=None, past_length=None):
+        a, present = self.attn(self.ln_1(x), past=past, past_length=past_length)
         x = x + a
         m = self.mlp(self.ln_2(x))
         x = x + m
@@ -216,9 +232,16 @@ class GPT2(keras.Model):
     }
     With `past`, the new tokens take positions P .. P+T-1. P + T may not exceed n_ctx.
 
+    For fast decoding, `past` may instead be a list of L preallocated caches [B, 2, H, S, D] with
+    `past_length` (a scalar) positions filled; "present" is then the list of updated caches.
+
     Weights are created with the model, initialised as GPT-2 was (wte N(0, 0.02), wpe
     N(0, 0.01), every w N(0, 0.02), biases 0, gains 1); `residual_scaling=True` also scales the
     residual projections (attn/c_proj and mlp/c_proj) by 1/sqrt(2 * n_layer), as in the GPT-2 paper.
+
+    `dtype` is a Keras dtype policy: "float32" (default), "bfloat16" (bf16 weights and compute, for
+    fast sampling) or "mixed_bfloat16" / "mixed_float16" (float32 weights, half-precision compute,
+    for training). Attention scores, their softmax and the logits are float32 in every case.
     """
 
     def __init__(self, hparams, residual_scaling=False, **kwargs):
@@ -232,25 +255,33 @@ class GPT2(keras.Model):
                                    initializer=keras.initializers.RandomNormal(stddev=0.01))
         self.wte = self.add_weight(name="wte", shape=(hparams.n_vocab, hparams.n_embd),
                                    initializer=keras.initializers.RandomNormal(stddev=0.02))
-        self.blocks = [Block(hparams.n_embd, hparams.n_head, proj_stdev, name=f"h{i}")
-                       for i in range(hparams.n_layer)]
-        self.ln_f = Norm(hparams.n_embd, name="ln_f")
+        self.blocks = [
+            Block(hparams.n_embd, hparams.n_head, proj_stdev, name=f"h{i}", dtype=self.dtype_policy)
+            for i in range(hparams.n_layer)
+        ]
+        self.ln_f = Norm(hparams.n_embd, name="ln_f", dtype=self.dtype_policy)
 
-    def call(self, tokens, past=None):
+    def call(self, tokens, past=None, past_length=None):
         hp = self.hparams
         batch, length = shape_list(tokens)
-        past_length = 0 if past is None else shape_list(past)[-2]
-        check_positions(past_length, length, hp.n_ctx)
-        positions = past_length + tf.range(length)
-        h = tf.gather(self.wte, tokens) + tf.gather(self.wpe, positions)[None]
-        pasts = tf.unstack(past, axis=1) if past is not None else [None] * hp.n_layer
+        if past_length is not None:
+            pasts, start = past, past_length
+        else:
+            pasts = [None] * hp.n_layer if past is None else tf.unstack(past, axis=1)
+            start = 0 if past is None else shape_list(past)[-2]
+        check_positions(start, length, hp.n_ctx)
+        positions = start + tf.range(length)
+        wte = tf.cast(self.wte, self.compute_dtype)
+        h = tf.gather(wte, tokens) + tf.cast(tf.gather(self.wpe, positions)[None], self.compute_dtype)
         presents = []
         for block, layer_past in zip(self.blocks, pasts):
-            h, present = block(h, past=layer_past)
+            h, present = block(h, past=layer_past, past_length=past_length)
             presents.append(present)
         h = self.ln_f(h)
-        logits = tf.matmul(tf.reshape(h, [-1, hp.n_embd]), tf.cast(self.wte, h.dtype), transpose_b=True)
+        logits = tf.matmul(tf.reshape(h, [-1, hp.n_embd]), wte, transpose_b=True)
         logits = tf.reshape(tf.cast(logits, tf.float32), [batch, length, hp.n_vocab])
+        if past_length is not None:
+            return {"present": presents, "logits": logits}
         return {"present": tf.stack(presents, axis=1), "logits": logits}
 
     def variables_by_name(self):

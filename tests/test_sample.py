@@ -1,0 +1,202 @@
+"""Sampling: the filters keep exactly the right tokens, greedy decoding follows an independent NumPy
+forward pass, and sample.py prints what the original printed."""
+
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from numpy_gpt2 import forward
+
+import sample as sample_script
+from gpt2_tf import get_encoder
+from gpt2_tf.checkpoint import load_model
+from gpt2_tf.generate import generate_texts, run
+from gpt2_tf.sample import Generator, choose, sample_sequence, top_k_logits, top_p_logits
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def kept(filtered):
+    return (np.asarray(filtered) > -1e9).tolist()
+
+
+def test_top_k_keeps_the_k_largest_and_ties():
+    logits = tf.constant([[1.0, 5.0, 3.0, 3.0, 0.0], [9.0, 8.0, 7.0, 6.0, 5.0]])
+    assert kept(top_k_logits(logits, 2)) == [[False, True, True, True, False], [True, True] + [False] * 3]
+    assert kept(top_k_logits(logits, 1)) == [[False, True, False, False, False], [True] + [False] * 4]
+    assert top_k_logits(logits, 0) is logits
+    np.testing.assert_array_equal(top_k_logits(logits, 5), logits)
+
+
+@pytest.mark.parametrize("p, n", [(0.4, 1), (0.5, 1), (0.7, 2), (0.85, 3), (0.9, 3), (0.99, 4), (1e-9, 1)])
+def test_top_p_keeps_the_smallest_set_reaching_p(p, n):
+    # The worked example of the original nshepperd sampler: probabilities 0.5, 0.3, 0.15, 0.05.
+    probs = np.array([0.15, 0.5, 0.05, 0.3])
+    logits = tf.constant(np.log(probs)[None], tf.float32)
+    keep = np.array(kept(top_p_logits(logits, p))[0])
+    assert keep.sum() == n
+    assert set(np.argsort(-probs)[:n]) == set(np.flatnonzero(keep))
+
+
+def test_top_p_rows_are_independent_and_ties_kept():
+    logits = tf.constant(np.log([[0.5, 0.3, 0.15, 0.05], [0.25, 0.25, 0.25, 0.25], [0.97, 0.01, 0.01, 0.01]]),
+                         tf.float32)
+    assert kept(top_p_logits(logits, 0.6)) == [[True, True, False, False], [True] * 4, [True] + [False] * 3]
+    np.testing.assert_array_equal(top_p_logits(logits, 1.0), logits)
+
+
+def test_top_k_then_top_p():
+    logits = tf.constant(np.log([[0.4, 0.3, 0.2, 0.1]]), tf.float32)
+    # After top_k 3 the renormalised mass is 4/9, 3/9, 2/9: p = 0.7 needs the first two.
+    assert kept(top_p_logits(top_k_logits(logits, 3), 0.7)) == [[True, True, False, False]]
+
+
+def test_sampling_frequencies_match_the_distribution():
+    probs = np.array([0.5, 0.25, 0.15, 0.07, 0.03])
+    n = 40_000
+    logits = tf.constant(np.tile(np.log(probs), (n, 1)), tf.float32)
+    counts = np.bincount(choose(logits, 1.0, 0, 1.0, tf.constant([1, 2])).numpy(), minlength=5)
+    chi2 = (((counts - n * probs) ** 2) / (n * probs)).sum()
+    assert chi2 < 18.5  # the 0.999 quantile of chi-square with 4 degrees of freedom
+    counts = np.bincount(choose(logits, 1.0, 2, 1.0, tf.constant([3, 4])).numpy(), minlength=5)
+    assert counts[2:].sum() == 0 and abs(counts[0] / n - 2 / 3) < 0.015
+    # Temperature 2 flattens: the frequencies follow probs ** (1/2), renormalised.
+    flat = np.sqrt(probs) / np.sqrt(probs).sum()
+    counts = np.bincount(choose(logits, 2.0, 0, 1.0, tf.constant([5, 6])).numpy(), minlength=5)
+    assert (((counts - n * flat) ** 2) / (n * flat)).sum() < 18.5
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model):
+    models_dir, name, weights = tiny_model
+    model, hparams = load_model(os.path.join(models_dir, name))
+    return model, hparams, weights
+
+
+def numpy_greedy(weights, hparams, context, length):
+    tokens = np.array(context)
+    for _ in range(length):
+        logits, _ = forward(weights, hparams.to_dict(), tokens)
+        tokens = np.concatenate([tokens, logits[:, -1].argmax(-1)[:, None]], axis=1)
+    return tokens
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_greedy_follows_numpy_forward_pass(tiny, jit_compile):
+    model, hparams, weights = tiny
+    context = np.random.default_rng(2).integers(0, 50257, size=(2, 5))
+    expected = numpy_greedy(weights, hparams, context, 12)
+    generator = Generator(model, jit_compile=jit_compile)
+    greedy = sample_sequence(model, 12, context=context, temperature=0, generator=generator)
+    np.testing.assert_array_equal(greedy, expected)
+    top1 = sample_sequence(model, 12, context=context, top_k=1, seed=5, generator=generator)
+    np.testing.assert_array_equal(top1, expected)
+
+
+def test_same_seed_same_tokens_and_no_recompile(tiny):
+    model, _, _ = tiny
+    generator = Generator(model)
+    a = sample_sequence(model, 10, start_token=50256, batch_size=3, top_k=40, seed=7, generator=generator)
+    traces = {k: f.experimental_get_tracing_count() for k, f in generator._functions.items()}
+    b = sample_sequence(model, 10, start_token=50256, batch_size=3, top_k=40, seed=7, generator=generator)
+    c = sample_sequence(model, 10, start_token=50256, batch_size=3, top_k=40, seed=8, generator=generator)
+    assert a.shape == (3, 11) and (a[:, 0] == 50256).all()
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any()
+    assert {k: f.experimental_get_tracing_count() for k, f in generator._functions.items()} == traces
+    # Prompts of other lengths share the same compiled functions (prompts are padded).
+    sample_sequence(model, 10, context=[[1, 2, 3, 4]] * 3, top_k=40, seed=7, generator=generator)
+    assert {k: f.experimental_get_tracing_count() for k, f in generator._functions.items()} == traces
+
+
+def test_chunked_drawing_gives_the_same_tokens(tiny):
+    model, _, _ = tiny
+    generator = Generator(model)
+    whole = sample_sequence(model, 20, context=[[5, 6, 7]], seed=3, generator=generator)
+    state = generator.start(np.array([[5, 6, 7]]), 23, seed=3)
+    for n in (4, 1, 7, 7):
+        generator.extend(state, n)
+    np.testing.assert_array_equal(state.numpy(), whole)
+
+
+def test_full_window_is_allowed_and_more_is_refused(tiny):
+    model, hparams, _ = tiny
+    out = sample_sequence(model, hparams.n_ctx, start_token=50256, batch_size=1, seed=1)
+    assert out.shape == (1, hparams.n_ctx + 1)
+    with pytest.raises(ValueError, match="n_ctx = 64"):
+        sample_sequence(model, 60, context=[list(range(10))])
+
+
+def test_stop_strings_across_tokens_end_rows_early(tiny, tiny_model):
+    model, hparams, weights = tiny
+    enc = get_encoder(tiny_model[1], tiny_model[0])
+    generator = Generator(model)
+    context = [[464, 3290]] * 2
+    full = generate_texts(generator, enc, context, 40, temperature=0)
+    assert full[0] == full[1]
+    tokens = numpy_greedy(weights, hparams, np.array(context[:1]), 40)[0, 2:]
+    assert full[0] == enc.decode(tokens)
+    # A stop string made of the end of one token and the start of the next, first seen there.
+    ends = [len(enc.decode(tokens[:i])) for i in range(1, len(tokens))]
+    end5 = next(e for e in ends if e >= 2 and full[0].find(full[0][e - 2:e + 2]) == e - 2)
+    stop = full[0][end5 - 2:end5 + 2]
+    calls = []
+    original_extend = generator.extend
+    generator.extend = lambda state, n: (calls.append(n), original_extend(state, n))[1]
+    cut = generate_texts(generator, enc, context, 40, temperature=0, stops=["never there", stop])
+    assert cut == [full[0][:end5 - 2]] * 2
+    assert sum(calls) < 39  # ended before all 40 tokens were drawn
+
+
+def cli(tiny_model, *argv, isatty=False):
+    models_dir, name, _ = tiny_model
+    args = sample_script.parse_args(["--models_dir", models_dir, "--model_name", name, *argv])
+    out = io.StringIO()
+    out.isatty = lambda: isatty
+    run(args, out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("nsamples, batch_size", [(1, 1), (3, 2), (4, 2), (5, 8)])
+def test_nsamples_is_honoured_exactly(tiny_model, nsamples, batch_size):
+    text = cli(tiny_model, "--length", "5", "--nsamples", str(nsamples), "--batch_size", str(batch_size),
+               "--seed", "1")
+    banners = [line for line in text.splitlines() if line.startswith("=" * 40 + " SAMPLE")]
+    assert banners == ["=" * 40 + f" SAMPLE {i} " + "=" * 40 for i in range(1, nsamples + 1)]
+
+
+def test_prompt_include_prompt_and_streaming(tiny_model):
+    plain = cli(tiny_model, "--prompt", "Hello", "--length", "12", "--seed", "4")
+    streamed = cli(tiny_model, "--prompt", "Hello", "--length", "12", "--seed", "4", isatty=True)
+    assert plain == streamed
+    with_prompt = cli(tiny_model, "--prompt", "Hello", "--length", "12", "--seed", "4", "--include_prompt")
+    assert with_prompt.splitlines()[1] == "Hello" + plain.splitlines()[1]
+
+
+def test_too_long_prompt_is_refused_or_truncated(tiny_model, capsys):
+    prompt = " word" * 70
+    with pytest.raises(ValueError, match="at most n_ctx = 64"):
+        cli(tiny_model, "--prompt", prompt, "--length", "10")
+    text = cli(tiny_model, "--prompt", prompt, "--length", "10", "--truncate_prompt")
+    assert "SAMPLE 1" in text
+    assert "prompt cut from 70 to its last 54 tokens" in capsys.readouterr().err
+
+
+def test_cli_errors_are_one_line_and_output_is_utf8(tiny_model, tmp_path):
+    models_dir, name, _ = tiny_model
+    base = [sys.executable, os.path.join(REPO, "sample.py"), "--models_dir", models_dir]
+    bad = subprocess.run(base + ["--model_name", "missing"], capture_output=True, text=True)
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines()[-1].startswith("sample.py: error: model not found")
+    assert "Traceback" not in bad.stderr
+    out = tmp_path / "out.txt"
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    argv = ["--model_name", name, "--prompt", "Ünïcödé ☃", "--include_prompt", "--length", "4",
+            "--output", str(out)]
+    ok = subprocess.run(base + argv, capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert out.read_text(encoding="utf-8").splitlines()[1].startswith("Ünïcödé ☃")
