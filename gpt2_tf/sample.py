@@ -10,6 +10,8 @@ reaches p, the token that crosses p included (the nshepperd sampler's definition
 means greedy decoding.
 """
 
+import weakref
+
 import numpy as np
 import tensorflow as tf
 
@@ -126,6 +128,16 @@ class Generator:
         return state
 
 
+_generators = weakref.WeakKeyDictionary()
+
+
+def generator_for(model):
+    """The Generator kept for this model (made on first use), so its compiled functions are reused."""
+    if model not in _generators:
+        _generators[model] = Generator(model)
+    return _generators[model]
+
+
 class GenerationState:
     """What a Generator needs to go on: the token buffer, the cache, and the random seed."""
 
@@ -190,14 +202,15 @@ def sample_sequence(model, length, start_token=None, batch_size=None, context=No
 
     Give exactly one of `start_token` (with batch_size: every row starts from that token) or
     `context` ([B, T] token ids). Returns a numpy array [B, T + length] that includes the context.
-    Same seed and arguments give the same tokens. Pass a Generator to reuse its compiled functions.
+    Same seed and arguments give the same tokens. The compiled functions are kept with the model
+    (or pass a Generator), so later calls reuse them.
     """
     if (start_token is None) == (context is None):
         raise ValueError("Specify exactly one of start_token and context!")
     if context is None:
         context = np.full([batch_size or 1, 1], start_token, np.int32)
     context = np.asarray(context, np.int32)
-    generator = generator or Generator(model)
+    generator = generator or generator_for(model)
     state = generator.start(context, context.shape[1] + length, temperature, top_k, top_p, seed)
     generator.extend(state, length - 1)
     return state.numpy()[:, :context.shape[1] + length]

@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Sampling speed: gpt2-tf against Hugging Face transformers (PyTorch) and KerasHub, in the same run.
+
+A model with the 124M shape and random weights, a 16-token prompt, 256 new tokens, top_k 40, at batch
+1 and batch 8. Reported: new tokens per second (after a warm-up call) and time to first token, cold
+(first call in a fresh process, compilation included) and warm. Every configuration runs in its own
+process; with --repeats N each is run N times and the median is shown.
+
+    bash bench/setup_peers.sh        # once: the peers' environments, outside the repository
+    python bench/sample.py           # all of ours and both peers
+    python bench/sample.py --only ours-xla-float32 --repeats 3
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+PROMPT, NEW, TOP_K = 16, 256, 40
+ENVS = os.environ.get("GPT2_BENCH_ENVS", os.path.expanduser("~/.cache/gpt2-tf-bench"))
+CONFIGS = {
+    "ours-xla-float32": sys.executable,
+    "ours-graph-float32": sys.executable,
+    "ours-xla-bfloat16": sys.executable,
+    "ours-graph-bfloat16": sys.executable,
+    "hf-transformers": os.path.join(ENVS, "torch", "bin", "python"),
+    "kerashub": os.path.join(ENVS, "kerashub", "bin", "python"),
+}
+BANDWIDTH_LIMIT_NOTE = "batch-1 fp32 bound: ~495 MB of weights read per token"
+
+
+def prompt(batch):
+    import numpy as np
+
+    return np.random.default_rng(0).integers(0, 50257, size=(batch, PROMPT))
+
+
+def measure(first_token, generate):
+    """Times a generate(batch) callable: cold and warm time to first token, then new tokens/s."""
+    results = {}
+    for batch in (1, 8):
+        start = time.perf_counter()
+        first_token(batch)
+        cold = time.perf_counter() - start
+        generate(batch)  # compile / warm up the whole loop
+        start = time.perf_counter()
+        first_token(batch)
+        warm = time.perf_counter() - start
+        start = time.perf_counter()
+        generate(batch)
+        seconds = time.perf_counter() - start
+        results[batch] = {"ttft_cold": cold, "ttft_warm": warm, "tokens_per_s": batch * NEW / seconds}
+    return results
+
+
+def run_ours(compile_mode, dtype):
+    import tensorflow as tf
+
+    from gpt2_tf.hparams import released
+    from gpt2_tf.model import GPT2
+    from gpt2_tf.sample import Generator
+
+    model = GPT2(released("124M"), dtype=dtype)
+    generator = Generator(model, jit_compile=compile_mode == "xla")
+
+    def first_token(batch):
+        state = generator.start(prompt(batch), PROMPT + NEW, top_k=TOP_K, seed=1)
+        state.tokens.numpy()
+
+    def generate(batch):
+        state = generator.start(prompt(batch), PROMPT + NEW, top_k=TOP_K, seed=1)
+        generator.extend(state, NEW - 1)
+        state.numpy()
+
+    tf.random.set_seed(0)
+    return measure(first_token, generate)
+
+
+def run_hf():
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config()).eval()
+
+    def call(batch, new):
+        with torch.no_grad():
+            ids = torch.tensor(prompt(batch))
+            model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=TOP_K,
+                           max_new_tokens=new, min_new_tokens=new, pad_token_id=50256)
+
+    return measure(lambda b: call(b, 1), lambda b: call(b, NEW))
+
+
+def run_kerashub():
+    import keras_hub
+    import numpy as np
+
+    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=50257, num_layers=12, num_heads=12,
+                                             hidden_dim=768, intermediate_dim=3072, max_sequence_length=1024)
+    model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    model.compile(sampler=keras_hub.samplers.TopKSampler(k=TOP_K, seed=1))
+
+    def call(batch, new):
+        ids = np.zeros((batch, PROMPT + new), np.int32)
+        ids[:, :PROMPT] = prompt(batch)
+        mask = np.zeros_like(ids, bool)
+        mask[:, :PROMPT] = True
+        model.generate({"token_ids": ids, "padding_mask": mask}, stop_token_ids=None)
+
+    return measure(lambda b: call(b, 1), lambda b: call(b, NEW))
+
+
+def worker(name):
+    if name.startswith("ours-"):
+        _, mode, dtype = name.split("-")
+        return run_ours(mode, dtype)
+    return {"hf-transformers": run_hf, "kerashub": run_kerashub}[name]()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", choices=list(CONFIGS), help="configurations to run")
+    parser.add_argument("--repeats", type=int, default=1, help="processes per configuration (median shown)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(worker(args.worker)))
+        return
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    rows = {}
+    for name in args.only or CONFIGS:
+        python = CONFIGS[name]
+        if not os.path.exists(python):
+            print(f"{name}: skipped, no environment at {python} (run bench/setup_peers.sh)")
+            continue
+        runs = []
+        for _ in range(args.repeats):
+            out = subprocess.run([python, os.path.abspath(__file__), "--worker", name], env=env,
+                                 capture_output=True, text=True)
+            line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+            if not line:
+                print(f"{name}: failed\n{out.stderr[-2000:]}")
+                break
+            runs.append(json.loads(line[0][7:]))
+        if runs:
+            rows[name] = {b: {k: statistics.median(r[b][k] for r in runs) for k in runs[0][b]}
+                          for b in runs[0]}
+            print(name, json.dumps(rows[name]), flush=True)
+    peers = [rows[p] for p in ("hf-transformers", "kerashub") if p in rows]
+    print(f"\n{'configuration':22} {'b1 tok/s':>9} {'b8 tok/s':>9} {'ttft cold':>10} {'ttft warm':>10}"
+          f" {'b1 vs best peer':>16} {'b8 vs best peer':>16}")
+    for name, r in rows.items():
+        ratios = ""
+        if peers:
+            for b in ("1", "8"):
+                best = max(p[b]["tokens_per_s"] for p in peers)
+                ratios += f" {r[b]['tokens_per_s'] / best:>15.2f}x"
+        print(f"{name:22} {r['1']['tokens_per_s']:9.1f} {r['8']['tokens_per_s']:9.1f} "
+              f"{r['1']['ttft_cold']:9.2f}s {r['1']['ttft_warm']:9.3f}s{ratios}")
+    print(f"({BANDWIDTH_LIMIT_NOTE}; tokens/s after a warm-up call; ttft at batch 1)")
+
+
+if __name__ == "__main__":
+    main()
