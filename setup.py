@@ -20,6 +20,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "hypothesis", "ruff", "tiktoken"],
+        "fast": ["tiktoken"],  # encode.py about 6x faster, same tokens (README: encode.py)
     },
     entry_points={
         "console_scripts": [

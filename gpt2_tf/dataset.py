@@ -1,0 +1,496 @@
+"""Training data: text or .npz files to chunks of tokens, and the window sampler of nshepperd's train.py.
+
+A dataset is a list of 1-D integer numpy arrays, "chunks". `load_dataset` builds one from text files,
+encoding them on the fly, or from .npz files written by encode.py (or by the original encode.py), and
+`save_npz` writes one as encode.py does. `Sampler` draws training windows from it exactly as the
+original did. Text is read and encoded in pieces, in parallel if asked, so that memory holds the tokens
+but never a whole file; the tokens are the same as encoding each file at once.
+This module does not import TensorFlow.
+"""
+
+import bisect
+import codecs
+import collections
+import concurrent.futures
+import functools
+import glob
+import io
+import multiprocessing
+import os
+import signal
+import tempfile
+import time
+import zipfile
+
+import numpy as np
+from tqdm import tqdm
+
+from gpt2_tf.encoder import ENDOFTEXT, Encoder, get_encoder
+from gpt2_tf.fast_encoder import FastEncoder, Splitter
+
+PIECE_SIZE = 1 << 20  # characters of text per piece handed to an encoder
+BLOCK_SIZE = 1 << 20  # bytes read from a file at a time
+# Deflate level of written .npz files. numpy's default (6) takes 2.5 times as long on token ids, for
+# files 10-15% smaller.
+ZIP_LEVEL = 1
+
+
+class DatasetError(ValueError):
+    """A problem with the input or output files, said in one line."""
+
+
+def token_dtype(n_vocab):
+    """The dtype that stores token ids: uint16 when they fit (GPT-2's 50,257 do), else int32."""
+    return np.dtype(np.uint16) if n_vocab <= 1 << 16 else np.dtype(np.int32)
+
+
+def list_files(path):
+    """The input files named by `path`, in a reproducible order.
+
+    `path` is a file, a directory (every file under it, recursively, in sorted order) or a glob pattern
+    (`**` matches subdirectories; matches are sorted, and directories among them expanded).
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        return [path]
+    roots = [path] if os.path.isdir(path) else sorted(glob.glob(path, recursive=True))
+    files = []
+    for root in roots:
+        if os.path.isdir(root):
+            files.extend(sorted(os.path.join(d, name) for d, _, names in os.walk(root) for name in names))
+        else:
+            files.append(root)
+    if not files:
+        if os.path.isdir(path):
+            raise DatasetError(f"no files in directory {path}")
+        if any(c in path for c in "*?["):
+            raise DatasetError(f"no files matched {path}")
+        raise DatasetError(f"{path}: no such file or directory")
+    return files
+
+
+def load_npz(path, n_vocab=None):
+    """The token arrays of an .npz file, in stored order (arr_0, arr_1, ...).
+
+    Arrays of any integer dtype are accepted (the original encode.py wrote int64). Nothing is unpickled:
+    a file holding Python objects is refused. With `n_vocab`, ids outside 0..n_vocab-1 are an error.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise DatasetError(f"{path}: not an .npz file (it holds a single array)")
+            arrays = [(name, npz[name]) for name in npz.files]
+    except DatasetError:
+        raise
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise DatasetError(f"{path}: holds pickled Python objects, not token arrays; "
+                               "refusing to load it") from None
+        raise DatasetError(f"{path}: not a valid .npz file ({e})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DatasetError(f"{path}: not a valid .npz file ({e})") from None
+    chunks = []
+    for name, array in arrays:
+        if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+            raise DatasetError(f"{path}: {name} is not a 1-D array of token ids "
+                               f"(dtype {array.dtype}, shape {array.shape})")
+        if n_vocab is not None and array.size and (array.min() < 0 or array.max() >= n_vocab):
+            raise DatasetError(f"{path}: {name} holds token ids outside 0..{n_vocab - 1}; "
+                               f"was it encoded with another vocabulary?")
+        chunks.append(array)
+    return chunks
+
+
+def _read_text(path, encoding, errors, on_read):
+    """Yield the text of a file in blocks, decoded as `open(path, encoding=encoding)` would.
+
+    Newlines are translated ('\\r\\n' and '\\r' become '\\n') as text mode does, so the tokens equal the
+    original's. A decoding error names the file and the byte offset.
+    """
+    decoder = codecs.getincrementaldecoder(encoding)(errors)
+    newlines = io.IncrementalNewlineDecoder(decoder, translate=True)
+    offset = 0
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DatasetError(f"cannot read {path}: {e.strerror}") from None
+    with f:
+        while True:
+            try:
+                data = f.read(BLOCK_SIZE)
+            except OSError as e:
+                raise DatasetError(f"cannot read {path}: {e.strerror}") from None
+            try:
+                text = newlines.decode(data, final=not data)
+            except UnicodeDecodeError as e:
+                at = offset - len(decoder.getstate()[0]) + e.start
+                raise DatasetError(f"{path}: not valid {encoding} at byte {at} ({e.reason}); "
+                                   f"pass the right --encoding, or --errors replace") from None
+            on_read(len(data))
+            yield text
+            if not data:
+                return
+            offset += len(data)
+
+
+def _partial_endoftext(text):
+    """How many characters at the end of text could be the start of an `<|endoftext|>`."""
+    for n in range(min(len(ENDOFTEXT) - 1, len(text)), 0, -1):
+        if ENDOFTEXT.startswith(text[-n:]):
+            return n
+    return 0
+
+
+def _text_work(blocks, splitter, eot):
+    """Work items for the text of one file; returns its length in characters.
+
+    With `eot` (an array holding the `<|endoftext|>` id), each literal `<|endoftext|>` in the text becomes
+    that token, and the file is encoded on its own. Without, the text goes on the splitter's stream, to
+    be encoded together with whatever follows it in the chunk.
+    """
+    chars = 0
+    carry = ""
+    for text in blocks:
+        chars += len(text)
+        if eot is None:
+            for piece in splitter.feed(text):
+                yield "text", piece
+            continue
+        parts = (carry + text).split(ENDOFTEXT)
+        for part in parts[:-1]:
+            for piece in splitter.feed(part) + [splitter.finish()]:
+                if piece:
+                    yield "text", piece
+            yield "tokens", eot
+        keep = _partial_endoftext(parts[-1])
+        carry = parts[-1][len(parts[-1]) - keep:]
+        for piece in splitter.feed(parts[-1][:len(parts[-1]) - keep]):
+            yield "text", piece
+    if eot is not None:
+        for piece in splitter.feed(carry) + [splitter.finish()]:
+            if piece:
+                yield "text", piece
+    return chars
+
+
+def _work(paths, combine, encoding, errors, eot, piece_size, n_vocab, on_read, totals):
+    """The dataset as a sequence of work items, in order.
+
+    Items are ("text", str) to encode, ("tokens", array) to add to the current chunk, ("chunk", array)
+    for a chunk of its own (from an .npz file), and ("end", None) to close the current chunk. The
+    grouping is the original's: text files are joined until the joined text (with 13 characters for each
+    separator) reaches `combine` characters; .npz chunks are passed through as they come.
+    `totals` counts the characters of text and the tokens from .npz files.
+    """
+    splitter = Splitter(piece_size)
+    chunk_chars = 0
+
+    def finish_stream():
+        rest = splitter.finish()
+        return [("text", rest)] if rest else []
+
+    for path in paths:
+        if path.endswith(".npz"):
+            for array in load_npz(path, n_vocab):
+                totals["npz tokens"] += len(array)
+                yield "chunk", array
+            on_read(os.path.getsize(path))
+            continue
+        blocks = _read_text(path, encoding, errors, on_read)
+        chars = yield from _text_work(blocks, splitter, eot)
+        totals["characters"] += chars
+        chunk_chars += chars
+        if chunk_chars >= combine:
+            yield from finish_stream()
+            yield "end", None
+            chunk_chars = 0
+        elif eot is None:
+            for piece in splitter.feed(ENDOFTEXT):
+                yield "text", piece
+            chunk_chars += len(ENDOFTEXT)
+        else:
+            yield "tokens", eot
+            chunk_chars += len(ENDOFTEXT)
+    if chunk_chars:
+        yield from finish_stream()
+        yield "end", None
+
+
+@functools.lru_cache(maxsize=4)
+def _fast_encoder(enc):
+    return FastEncoder.build(enc)
+
+
+def _encode_function(enc, fast_enc, dtype):
+    """A function from text to an array of token ids of `dtype`."""
+    if fast_enc is not None:
+        return lambda text: fast_enc.encode_array(text).astype(dtype)
+    return lambda text: np.array(enc.encode(text), dtype=dtype)
+
+
+_worker_encode = None
+
+
+def _init_worker(encoder, merges, dtype):
+    global _worker_encode
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent process handles Ctrl-C
+    _worker_encode = _encode_function(Encoder(encoder, merges), None, dtype)
+
+
+def _encode_in_worker(text):
+    return _worker_encode(text)
+
+
+def _encoded(work, encode, jobs, worker_args=None):
+    """The work items with each ("text", piece) replaced by ("tokens", array), in order.
+
+    With jobs > 1 the pieces are encoded in parallel: by threads when `worker_args` is None (tiktoken
+    releases the GIL), else by processes, each set up with `_init_worker(*worker_args)`. At most
+    2 * jobs items are in flight, so reading never runs far ahead of encoding.
+    """
+    if jobs <= 1:
+        for kind, value in work:
+            yield ("tokens", encode(value)) if kind == "text" else (kind, value)
+        return
+    if worker_args is None:
+        pool, function = concurrent.futures.ThreadPoolExecutor(jobs), encode
+    else:
+        pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                      initializer=_init_worker, initargs=worker_args)
+        function = _encode_in_worker
+    try:
+        window = collections.deque()
+        for kind, value in work:
+            if kind == "text":
+                kind, value = "tokens", pool.submit(function, value)
+            window.append((kind, value))
+            while len(window) > 2 * jobs:
+                kind, value = window.popleft()
+                yield kind, value.result() if isinstance(value, concurrent.futures.Future) else value
+        while window:
+            kind, value = window.popleft()
+            yield kind, value.result() if isinstance(value, concurrent.futures.Future) else value
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def load_dataset(enc, path, combine=50000, encoding="utf-8", errors="strict", literal_endoftext=False,
+                 fast=True, jobs=1, progress=True, piece_size=PIECE_SIZE):
+    """Load a dataset: a list of 1-D integer token arrays ("chunks").
+
+    Args:
+        enc: the reference `Encoder` of the model.
+        path: a file, directory, glob pattern (see `list_files`) or a list of files. Text files are
+            encoded; the arrays of .npz files are added as they are, each a chunk.
+        combine: text files are joined until the text reaches this many characters, then encoded as one
+            chunk, as in the original.
+        encoding, errors: how text files are decoded (errors: 'strict' or 'replace').
+        literal_endoftext: False (default): files are separated by the `<|endoftext|>` token, and that
+            text in a file becomes the token too. True: the original's behaviour, where the separator is
+            the text `<|endoftext|>`, encoded as 7 ordinary tokens.
+        fast: use tiktoken (same tokens) when it is installed.
+        jobs: how many pieces are encoded in parallel (by threads with tiktoken, else by processes);
+            the result does not depend on it.
+        progress: show a progress bar on stderr.
+        piece_size: characters per piece of text encoded at a time.
+    """
+    chunks, _ = _load(enc, path, combine, encoding or "utf-8", errors, literal_endoftext, fast, jobs or 1,
+                      progress, piece_size)
+    return chunks
+
+
+def _check_decoding(encoding, errors):
+    if errors not in ("strict", "replace"):
+        raise DatasetError(f"errors must be 'strict' or 'replace', not {errors!r}")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise DatasetError(f"unknown encoding {encoding!r}") from None
+
+
+def _load(enc, path, combine, encoding, errors, literal_endoftext, fast, jobs, progress, piece_size):
+    """load_dataset; also returns the name of the encoder used."""
+    start = time.time()
+    paths = list_files(path) if isinstance(path, (str, os.PathLike)) else list(path)
+    if not paths:
+        raise DatasetError("no input files")
+    _check_decoding(encoding, errors)
+    n_vocab = max(enc.encoder.values()) + 1
+    dtype = token_dtype(n_vocab)
+    eot = None
+    if not literal_endoftext:
+        if enc.eot_token is None:
+            raise DatasetError(f"the vocabulary has no {ENDOFTEXT} token; use literal_endoftext")
+        eot = np.array([enc.eot_token], dtype=dtype)
+    fast_enc = _fast_encoder(enc) if fast else None
+    encode = _encode_function(enc, fast_enc, dtype)
+    total_bytes = sum(os.path.getsize(p) for p in paths if os.path.isfile(p))
+    if total_bytes < 2 * piece_size:
+        jobs = 1  # not worth starting threads or processes
+    worker_args = None
+    if fast_enc is None and jobs > 1:
+        worker_args = (enc.encoder, sorted(enc.bpe_ranks, key=enc.bpe_ranks.get), dtype)
+
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="Encoding",
+               disable=not progress, dynamic_ncols=True)
+    totals = collections.Counter()
+    work = _work(paths, combine, encoding, errors, eot, piece_size, n_vocab, bar.update, totals)
+    chunks, pending, tokens = [], [], 0
+    with bar:
+        for kind, value in _encoded(work, encode, jobs, worker_args):
+            if kind == "chunk":
+                chunks.append(value)
+            elif kind == "tokens":
+                pending.append(value)
+                tokens += len(value)
+                bar.set_postfix_str(f"{tokens / max(time.time() - start, 1e-9):,.0f} tokens/s", refresh=False)
+            elif pending:
+                chunks.append(np.concatenate(pending) if len(pending) > 1 else pending[0])
+                pending = []
+    if not totals["characters"] and not totals["npz tokens"]:
+        if isinstance(path, (str, os.PathLike)) or len(paths) == 1:
+            where = path if isinstance(path, (str, os.PathLike)) else paths[0]
+        else:
+            where = f"any of the {len(paths)} input files"
+        raise DatasetError(f"no text in {where}: the input is empty")
+    return chunks, "tiktoken" if fast_enc is not None else "reference encoder"
+
+
+def npz_path(path):
+    """The name numpy gives an .npz file: `path`, with `.npz` appended if it does not end so."""
+    path = os.fspath(path)
+    return path if path.endswith(".npz") else path + ".npz"
+
+
+def check_output_path(path):
+    """Check that an .npz file can be written at `path` (its directory exists); returns its full name."""
+    path = npz_path(path)
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise DatasetError(f"cannot write {path}: directory {directory} does not exist")
+    if os.path.isdir(path):
+        raise DatasetError(f"cannot write {path}: it is a directory")
+    return path
+
+
+def save_npz(path, chunks, dtype=np.uint16):
+    """Write chunks as `np.savez_compressed(path, *chunks)` does: arrays arr_0, arr_1, ... of `dtype`.
+
+    The file is written under a temporary name in the same directory and renamed when complete, so an
+    error never leaves a partial file. Zip timestamps are fixed, so the same tokens give the same bytes.
+    Returns the path written (with `.npz` appended if it was missing, as numpy does).
+    """
+    path = check_output_path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=os.path.basename(path) + ".",
+                                   suffix=".tmp")
+    except OSError as e:
+        raise DatasetError(f"cannot write {path}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+            for i, chunk in enumerate(chunks):
+                info = zipfile.ZipInfo(f"arr_{i}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info._compresslevel = ZIP_LEVEL  # compress_level from Python 3.13, which keeps this alias
+                with zf.open(info, "w", force_zip64=True) as out:
+                    np.lib.format.write_array(out, np.asarray(chunk, dtype=dtype), allow_pickle=False)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def encode_dataset(in_text, out_npz, model_name="124M", models_dir="models", combine=50000,
+                   encoding="utf-8", errors="strict", literal_endoftext=False, jobs=None, fast=True,
+                   quiet=False):
+    """What encode.py does: encode the files of `in_text` into the .npz file `out_npz`.
+
+    Returns a one-line summary (files, bytes, tokens, chunks, seconds). Problems with the input or output
+    raise DatasetError with a one-line message.
+    """
+    start = time.time()
+    out = check_output_path(out_npz)
+    try:
+        enc = get_encoder(model_name, models_dir)
+    except FileNotFoundError as e:
+        raise DatasetError(f"no tokenizer for model {model_name!r}: {e.filename} not found "
+                           f"(download the model, or pass --models_dir)") from None
+    paths = list_files(in_text)
+    _check_decoding(encoding or "utf-8", errors)
+    jobs = jobs or default_jobs()
+    if not quiet:
+        print("Reading files")
+    chunks, encoder_name = _load(enc, paths, combine, encoding or "utf-8", errors, literal_endoftext, fast,
+                                 jobs, not quiet, PIECE_SIZE)
+    if not quiet:
+        print(f"Writing {out}")
+    save_npz(out, chunks, token_dtype(max(enc.encoder.values()) + 1))
+    seconds = time.time() - start
+    n_bytes = sum(os.path.getsize(p) for p in paths if os.path.isfile(p))
+    n_tokens = sum(len(chunk) for chunk in chunks)
+    return (f"{_count(len(paths), 'file')}, {_count(n_bytes, 'byte')}, {_count(n_tokens, 'token')}, "
+            f"{_count(len(chunks), 'chunk')} in {seconds:.1f} s "
+            f"({n_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s, {encoder_name}, {_count(jobs, 'job')})")
+
+
+def _count(n, noun):
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def default_jobs():
+    """The number of CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class Sampler:
+    """Draws windows of tokens from a list of chunks, as nshepperd's train.py does.
+
+    Windows are spread as in one concatenated stream but never cross a chunk boundary: a random start is
+    drawn over all tokens and drawn again until the window fits in its chunk. For a given seed the
+    windows are the original's (the same RandomState calls in the same order), quirks included: the last
+    token of a chunk is never sampled, and the last start position of the last chunk is never drawn.
+    `sampler.rs` is the numpy RandomState; its get_state()/set_state() save and restore the position.
+    """
+
+    def __init__(self, chunks, seed=None):
+        self.chunks = chunks
+        self.total_size = sum(len(chunk) for chunk in chunks)
+        self.boundaries = [0]
+        for chunk in chunks:
+            self.boundaries.append(self.boundaries[-1] + len(chunk))
+        self.rs = np.random.RandomState(seed=seed)
+        self._possible = set()
+
+    def sample(self, length):
+        """A window of `length` tokens (a view into one chunk)."""
+        self._check(length)
+        while True:
+            index = self.rs.randint(0, self.total_size - length - 1)
+            i = bisect.bisect_right(self.boundaries, index) - 1
+            if self.boundaries[i + 1] > index + length:
+                within = index - self.boundaries[i]
+                return self.chunks[i][within:within + length]
+
+    def _check(self, length):
+        if length in self._possible:
+            return
+        # The original asserted that the average chunk is longer than `length`. Windows can still be
+        # impossible (a single chunk of length + 1 tokens): refuse those too instead of looping forever.
+        n = len(self.chunks)
+        last_start = self.total_size - length - 2
+        sizes = np.diff(self.boundaries)
+        starts = np.array(self.boundaries[:-1])
+        possible = bool(np.any((sizes > length) & (starts <= last_start)))
+        if n == 0 or length >= self.total_size // n or not possible:
+            raise ValueError(f"dataset too small for {length}-token windows: it has {self.total_size} tokens"
+                             + (f" in {n} chunks" if n > 1 else ""))
+        self._possible.add(length)
