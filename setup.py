@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["gpt2_tf", "gpt2_tf.*"]),
-    py_modules=["download_model", "encode", "train", "sample"],
+    py_modules=["download_model", "encode", "train", "sample", "train_bpe"],
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3",
@@ -19,7 +19,8 @@ setup(
         "urllib3>=2",  # the downloader reads partial bodies with read1()
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "ruff", "tiktoken"],
+        # tiktoken and tokenizers are test oracles only
+        "test": ["pytest", "hypothesis", "ruff", "tiktoken", "tokenizers"],
         "fast": ["tiktoken"],  # encode.py about 6x faster, same tokens (README: encode.py)
     },
     entry_points={
@@ -28,6 +29,7 @@ setup(
             "gpt2-encode=encode:main",
             "gpt2-train=train:main",
             "gpt2-sample=sample:main",
+            "gpt2-train-bpe=train_bpe:main",
         ],
     },
 )

@@ -100,7 +100,7 @@ def load_npz(path, n_vocab=None):
     return chunks
 
 
-def _read_text(path, encoding, errors, on_read):
+def read_text(path, encoding, errors, on_read):
     """Yield the text of a file in blocks, decoded as `open(path, encoding=encoding)` would.
 
     Newlines are translated ('\\r\\n' and '\\r' become '\\n') as text mode does, so the tokens equal the
@@ -140,7 +140,7 @@ def _partial_endoftext(text):
     return 0
 
 
-def _text_work(blocks, splitter, eot):
+def text_work(blocks, splitter, eot):
     """Work items for the text of one file; returns its length in characters.
 
     With `eot` (an array holding the `<|endoftext|>` id), each literal `<|endoftext|>` in the text becomes
@@ -195,8 +195,8 @@ def _work(paths, combine, encoding, errors, eot, piece_size, n_vocab, on_read, t
                 yield "chunk", array
             on_read(os.path.getsize(path))
             continue
-        blocks = _read_text(path, encoding, errors, on_read)
-        chars = yield from _text_work(blocks, splitter, eot)
+        blocks = read_text(path, encoding, errors, on_read)
+        chars = yield from text_work(blocks, splitter, eot)
         totals["characters"] += chars
         chunk_chars += chars
         if chunk_chars >= combine:
@@ -298,7 +298,8 @@ def load_dataset(enc, path, combine=50000, encoding="utf-8", errors="strict", li
     return chunks
 
 
-def _check_decoding(encoding, errors):
+def check_decoding(encoding, errors):
+    """Raise DatasetError unless `encoding` is known and `errors` is strict or replace."""
     if errors not in ("strict", "replace"):
         raise DatasetError(f"errors must be 'strict' or 'replace', not {errors!r}")
     try:
@@ -313,7 +314,7 @@ def _load(enc, path, combine, encoding, errors, literal_endoftext, fast, jobs, p
     paths = list_files(path) if isinstance(path, (str, os.PathLike)) else list(path)
     if not paths:
         raise DatasetError("no input files")
-    _check_decoding(encoding, errors)
+    check_decoding(encoding, errors)
     n_vocab = max(enc.encoder.values()) + 1
     dtype = token_dtype(n_vocab)
     eot = None
@@ -422,7 +423,7 @@ def encode_dataset(in_text, out_npz, model_name="124M", models_dir="models", com
         raise DatasetError(f"no tokenizer for model {model_name!r}: {e.filename} not found "
                            f"(download the model, or pass --models_dir)") from None
     paths = list_files(in_text)
-    _check_decoding(encoding or "utf-8", errors)
+    check_decoding(encoding or "utf-8", errors)
     jobs = jobs or default_jobs()
     if not quiet:
         print("Reading files")
