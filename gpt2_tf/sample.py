@@ -81,8 +81,7 @@ def choose(logits, temperature, top_k, top_p, seed):
     """Draw one token per row from logits [B, V] float32 -> [B] int32. `seed` is a [2] int32 tensor.
 
     Drawn with the Gumbel-max trick (the argmax of the logits plus Gumbel noise follows the softmax
-    distribution exactly), which needs no sort or cumulative sum, and gives the same token for the
-    same seed with or without XLA.
+    distribution exactly), which needs no sort or cumulative sum.
     """
     if temperature == 0:
         return tf.argmax(logits, axis=-1, output_type=tf.int32)

@@ -113,14 +113,6 @@ def test_same_seed_same_tokens_and_no_recompile(tiny):
     assert {k: f.experimental_get_tracing_count() for k, f in generator._functions.items()} == traces
 
 
-def test_xla_and_graph_draw_the_same_tokens(tiny):
-    model, _, _ = tiny
-    args = dict(context=[[5, 6, 7]] * 2, top_k=40, top_p=0.9, temperature=0.8, seed=11)
-    with_xla = sample_sequence(model, 15, generator=Generator(model, jit_compile=True), **args)
-    without = sample_sequence(model, 15, generator=Generator(model, jit_compile=False), **args)
-    np.testing.assert_array_equal(with_xla, without)
-
-
 def test_chunked_drawing_gives_the_same_tokens(tiny):
     model, _, _ = tiny
     generator = Generator(model)
