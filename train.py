@@ -1,11 +1,109 @@
 #!/usr/bin/env python3
-"""train.py: not implemented yet."""
+"""Fine-tune GPT-2 on your own text: the nshepperd trainer's flags and files, on TensorFlow 2.
 
+    python train.py --dataset data.npz                      # 124M, until Ctrl-C (which saves)
+    python train.py --dataset corpus/ --run_name poems --sample_every 500 --steps 5000
+    python train.py --dataset data.npz --model_name 1558M --memory_saving_gradients --optimizer sgd
+
+Checkpoints go to checkpoint/<run_name>/model-<step>, samples to samples/<run_name>/samples-<step>;
+--restore_from latest (the default) continues a run exactly where it stopped. See README.md.
+"""
+
+import argparse
 import sys
 
 
-def main():
-    sys.exit("train.py: error: not implemented yet; see README.md for what works today")
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Reports a bad flag as one line, `train.py: error: ...`, without the long usage text."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def make_parser():
+    p = OneLineErrorParser(prog="train.py", description="Fine-tune GPT-2 on your custom dataset.",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = p.add_argument
+    add("--dataset", metavar="PATH", required=True,
+        help="training data: a text file, a folder, a glob pattern, or .npz files from encode.py")
+    add("--model_name", metavar="MODEL", default="124M", help="base model, a folder in --models_dir")
+    add("--models_dir", metavar="PATH", default="models",
+        help="folder of downloaded models (hparams, weights and tokenizer are read from it)")
+    add("--combine", metavar="CHARS", type=int, default=50000,
+        help="join small text files (separated by <|endoftext|>) into chunks of at least CHARS characters")
+    add("--encoding", default="utf-8", help="encoding of text files read and of sample files written")
+    add("--literal_endoftext", action="store_true",
+        help="separate text files by the text <|endoftext|> (7 tokens, as the original) instead of "
+             "the <|endoftext|> token")
+
+    add("--batch_size", metavar="SIZE", type=int, default=1,
+        help="windows per update (the global batch, split across devices); also samples per batch")
+    add("--learning_rate", metavar="LR", type=float, default=0.00002, help="constant learning rate")
+    add("--accumulate_gradients", metavar="N", type=int, default=1,
+        help="average the gradients of N batches per update (N x batch_size windows per update)")
+    add("--memory_saving_gradients", action="store_true",
+        help="recompute each block's activations in the backward pass: same results, less memory")
+    add("--twremat", action="store_true", help="same as --memory_saving_gradients (per-block recomputation)")
+    add("--twremat_memlimit", default="12G",
+        help="accepted for compatibility (bytes, or with K/M/G suffix); recomputation is per block")
+    add("--only_train_transformer_layers", action="store_true",
+        help="train only the transformer blocks (not wte, wpe, ln_f)")
+    add("--optimizer", default="adam", choices=["adam", "sgd", "adafactor"],
+        help="adafactor and sgd need less memory than adam")
+    add("--noise", type=float, default=0.0,
+        help="replace each input token by a random one with this probability (labels stay clean)")
+    add("--mixed_precision", choices=["bf16", "fp16"], default=None,
+        help="compute in bfloat16 or float16 (with loss scaling); weights stay float32")
+    add("--compile", choices=["auto", "xla", "graph"], default="auto",
+        help="compile the update with XLA or as a TensorFlow graph (auto: XLA on GPU/TPU, graph on CPU)")
+    add("--distribute", choices=["auto", "none", "mirrored", "multiworker", "tpu"], default="auto",
+        help="tf.distribute strategy (auto: TPU if TPU_NAME, workers if TF_CONFIG, all GPUs if several)")
+    add("--seed", type=int, default=None,
+        help="seed for the data sampler, the noise and the samples (default: random); "
+             "a resumed run keeps its saved random state")
+    add("--steps", metavar="N", type=int, default=None,
+        help="stop after N updates in this run and save (default: run until interrupted)")
+
+    add("--top_k", type=int, default=40, help="top-k for the samples made during training")
+    add("--top_p", type=float, default=0.0, help="top-p for those samples; > 0 overrides --top_k")
+    add("--restore_from", default="latest",
+        help='"latest" (of this run, else the base model), "fresh" (the base model, a new count), '
+             "or a checkpoint folder or prefix")
+    add("--run_name", default="run1", help="subfolder of --checkpoint_dir and --sample_dir")
+    add("--checkpoint_dir", metavar="PATH", default="checkpoint", help="folder of run checkpoints")
+    add("--sample_dir", metavar="PATH", default="samples", help="folder of run samples")
+    add("--sample_every", metavar="N", type=int, default=100, help="write samples every N steps (0: never)")
+    add("--sample_length", metavar="TOKENS", type=int, default=1023, help="tokens per sample")
+    add("--sample_num", metavar="N", type=int, default=1, help="samples each time")
+    add("--save_every", metavar="N", type=int, default=1000,
+        help="save a checkpoint every N steps (0: only at the end)")
+    add("--max_to_keep", metavar="N", type=int, default=5,
+        help="keep the N newest checkpoints (0: all), plus one every two hours")
+
+    add("--val_dataset", metavar="PATH", default=None, help="validation data (default: --dataset)")
+    add("--val_batch_size", metavar="SIZE", type=int, default=2, help="windows per validation batch")
+    add("--val_batch_count", metavar="N", type=int, default=40, help="validation batches")
+    add("--val_every", metavar="STEPS", type=int, default=0, help="validate every STEPS steps (0: never)")
+    return p
+
+
+def parse_args(argv=None):
+    return make_parser().parse_args(argv)
+
+
+def main(argv=None):
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    from gpt2_tf.train import UsageError, run
+
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")  # a console that cannot show a character shows '?'
+    try:
+        run(args)
+    except UsageError as e:
+        parser.error(str(e))
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,123 @@
+"""Optimizers for training, and their state as plain arrays (for checkpoints that resume exactly).
+
+`make_optimizer` is the one place that turns a command-line name into a Keras optimizer:
+
+* `adam`: the original's `tf.train.AdamOptimizer` (beta 0.9 / 0.999, epsilon 1e-8 instead of Keras'
+  1e-7; Keras uses the same epsilon-hat update as TF1).
+* `sgd`: plain gradient descent, as `tf.train.GradientDescentOptimizer` (no momentum).
+* `adafactor`: Keras' Adafactor (its defaults, its update), but storing only the factored second
+  moments of each matrix (a row and a column vector). Keras' own class also keeps a full-size copy
+  of the reconstructed second moment for every weight, which costs as much memory as the weights;
+  here it is recomputed in each update instead. So the optimizer state is tiny, as with SGD.
+
+With float16 training the optimizer is wrapped in a LossScaleOptimizer (dynamic loss scaling).
+"""
+
+import keras
+import numpy as np
+
+OPTIMIZERS = ("adam", "sgd", "adafactor")
+
+DISPLAY_NAMES = {"adam": "Adam", "sgd": "SGD", "adafactor": "Adafactor"}
+
+
+def make_optimizer(name, learning_rate, loss_scaling=False):
+    """A Keras optimizer for `name` (one of OPTIMIZERS) with a constant learning rate."""
+    if name == "adam":
+        optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+    elif name == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate)
+    elif name == "adafactor":
+        optimizer = FactoredAdafactor(learning_rate)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+    if loss_scaling:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+class FactoredAdafactor(keras.optimizers.Adafactor):
+    """keras.optimizers.Adafactor with the same updates but no full-size state for matrices.
+
+    For a weight of 2 or more dimensions [..., n, m] it stores r [..., n] and c [..., m] (the running
+    means of the squared gradient over rows and columns); the second-moment estimate
+    v = r / mean(r) x c, which Keras keeps as a variable of the weight's size, is a temporary here.
+    Vectors keep their full v [n], as in Keras.
+    """
+
+    def build(self, var_list):
+        if self.built:
+            return
+        keras.optimizers.Optimizer.build(self, var_list)  # iterations, learning rate (not Adafactor's)
+        self._r, self._c, self._v = [], [], []
+        for var in var_list:
+            if len(var.shape) < 2:
+                self._r.append(None)
+                self._c.append(None)
+                self._v.append(self.add_variable_from_reference(var, name="velocity"))
+            else:
+                self._r.append(self.add_variable(shape=var.shape[:-1], dtype=var.dtype,
+                                                 name=f"{var.path.replace('/', '_')}_row"))
+                self._c.append(self.add_variable(shape=var.shape[:-2] + (var.shape[-1],), dtype=var.dtype,
+                                                 name=f"{var.path.replace('/', '_')}_column"))
+                self._v.append(None)
+
+    def update_step(self, gradient, variable, learning_rate):
+        ops = keras.ops
+        index = self._get_variable_index(variable)
+        r, c, v = self._r[index], self._c[index], self._v[index]
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        step = ops.cast(self.iterations + 1, variable.dtype)
+        if self.relative_step:
+            lr = ops.minimum(lr, 1 / ops.sqrt(step))
+        rho = ops.minimum(lr, 1 / ops.sqrt(step))
+        alpha = ops.maximum(ops.cast(self.epsilon_2, variable.dtype), self._rms(variable)) * rho
+        squared = ops.square(gradient) + self.epsilon_1
+        beta_2 = 1 - ops.power(step, self.beta_2_decay)
+        if v is None:
+            self.assign(r, beta_2 * r + (1 - beta_2) * ops.mean(squared, axis=-1))
+            self.assign(c, beta_2 * c + (1 - beta_2) * ops.mean(squared, axis=-2))
+            estimate = (ops.expand_dims(r / ops.mean(r, axis=-1, keepdims=True), -1)
+                        * ops.expand_dims(c, -2))
+        else:
+            self.assign(v, beta_2 * v + (1 - beta_2) * squared)
+            estimate = v
+        u = gradient / ops.sqrt(estimate)
+        u = u / ops.maximum(1.0, self._rms(u) / self.clip_threshold)
+        self.assign_sub(variable, alpha * u)
+
+
+def _state_variables(optimizer):
+    """The optimizer's variables that make up its state: all but the learning rate.
+
+    The learning rate is left out so that a run resumed with another --learning_rate uses the new one.
+    """
+    return [v for v in optimizer.variables if v.name != "learning_rate"]
+
+
+def optimizer_state(optimizer):
+    """The optimizer's state as a list of (path, numpy array), in a fixed order.
+
+    The optimizer must be built. The order follows the variables it was built on, so the state can
+    be loaded back into an optimizer of the same kind built on the same variables.
+    """
+    return [(v.path, np.asarray(v.numpy())) for v in _state_variables(optimizer)]
+
+
+def describe_state(optimizer):
+    """[(path, shape)] of the state variables: two optimizers with equal descriptions are compatible."""
+    return [(v.path, list(v.shape)) for v in _state_variables(optimizer)]
+
+
+def load_optimizer_state(optimizer, arrays):
+    """Assign a list of arrays (as from `optimizer_state`, same order) to a built optimizer."""
+    variables = _state_variables(optimizer)
+    if len(variables) != len(arrays):
+        raise ValueError(f"optimizer state has {len(arrays)} tensors, the optimizer {len(variables)}")
+    for variable, value in zip(variables, arrays):
+        if list(variable.shape) != list(np.shape(value)):
+            raise ValueError(f"optimizer state for {variable.path} has shape {list(np.shape(value))}, "
+                             f"expected {list(variable.shape)}")
+    for variable, value in zip(variables, arrays):
+        variable.assign(value)

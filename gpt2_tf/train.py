@@ -1,0 +1,614 @@
+"""Fine-tuning GPT-2: the nshepperd trainer on TensorFlow 2, step by step.
+
+`run(args)` does what the original train.py did, in the same order and with the same console lines:
+
+    Loading checkpoint <prefix>           the base model, or the newest checkpoint of the run
+    Loading dataset...
+    dataset has <N> tokens
+    Training...
+    [1 | 2.53] loss=3.21 avg=3.21         after each update: step, seconds, loss, running average
+    Generating samples...                 every --sample_every steps, into samples/<run>/samples-<step>
+    Calculating validation loss...        every --val_every steps (and before the first update)
+    [100 | 250.10] validation loss = 3.10
+    Saving checkpoint/<run>/model-<step>  every --save_every steps, at --steps, and on Ctrl-C / SIGTERM
+    interrupted
+
+What changed (see README.md, "train.py"): model-N holds exactly N updates; a checkpoint also stores the
+optimizer state, the step and the random states, so a resumed run continues exactly as if it had not
+stopped; saving is atomic; --accumulate_gradients averages; the update is one compiled function,
+optionally in mixed precision, with recomputed blocks, and split across devices by tf.distribute.
+
+Shapes: A = --accumulate_gradients, B = --batch_size (the global batch, over all replicas),
+T = n_ctx (the window length), V = n_vocab.
+"""
+
+import math
+import os
+import signal
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+from tqdm import tqdm
+
+from gpt2_tf import checkpoint
+from gpt2_tf.checkpoint import CheckpointError
+from gpt2_tf.encoder import get_encoder
+from gpt2_tf.hparams import load_hparams, model_dir
+from gpt2_tf.model import GPT2
+from gpt2_tf.optim import DISPLAY_NAMES, OPTIMIZERS, make_optimizer
+from gpt2_tf.sample import Generator, sample_sequence
+from gpt2_tf.train_state import (
+    RunCheckpoints,
+    load_train_state,
+    read_counter,
+    restore_optimizer,
+    rng_state_from_json,
+    rng_state_to_json,
+)
+
+POLICIES = {None: "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+
+class UsageError(Exception):
+    """A problem with the flags or the inputs, reported as one line before any work starts."""
+
+
+def say(*values):
+    """Print a console line at once (the lines are read by people and by scripts)."""
+    print(*values, flush=True)
+
+
+def parse_memlimit(text):
+    """--twremat_memlimit: an integer of bytes, or with suffix K, M, G (x 1000, 10^6, 10^9)."""
+    factor = {"K": 10**3, "M": 10**6, "G": 10**9}.get(text[-1:].upper(), 1)
+    digits = text[:-1] if factor > 1 else text
+    if not digits.isdigit():
+        raise UsageError(f"--twremat_memlimit must be an integer with an optional K, M or G suffix, "
+                         f"got {text!r}")
+    return int(digits) * factor
+
+
+# ---------------------------------------------------------------------------------------------------
+# Set-up: checks, model, optimizer, devices.
+
+
+def check_args(args):
+    """Check what can be checked before any work; returns (hparams, model folder). Raises UsageError."""
+    if args.optimizer not in OPTIMIZERS:
+        raise UsageError(f"Bad optimizer: {args.optimizer} (choose from {', '.join(OPTIMIZERS)})")
+    for flag in ("batch_size", "accumulate_gradients", "val_batch_size", "val_batch_count", "sample_length"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag} must be at least 1")
+    for flag in ("sample_every", "save_every", "val_every", "sample_num", "max_to_keep"):
+        if getattr(args, flag) < 0:
+            raise UsageError(f"--{flag} must not be negative")
+    if args.steps is not None and args.steps < 0:
+        raise UsageError("--steps must not be negative")
+    parse_memlimit(args.twremat_memlimit)
+    base = model_dir(args.model_name, args.models_dir)
+    if not os.path.isdir(base):
+        raise UsageError(f"model directory {base} does not exist (download it with: "
+                         f"python download_model.py {args.model_name} --models_dir {args.models_dir})")
+    for name in ("hparams.json", "encoder.json", "vocab.bpe"):
+        if not os.path.exists(os.path.join(base, name)):
+            raise UsageError(f"{base} has no {name}")
+    try:
+        hparams = load_hparams(base)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.sample_length > hparams.n_ctx - 1:
+        raise UsageError(f"Can't get samples longer than window size: {hparams.n_ctx} (--sample_length "
+                         f"{args.sample_length} plus the one context token must fit in n_ctx)")
+    return hparams, base
+
+
+def make_strategy(kind="auto"):
+    """The tf.distribute strategy for --distribute.
+
+    auto: a TPU when TPU_NAME is set; several workers when TF_CONFIG is set; all GPUs when there are
+    several; else the default (one device). mirrored: every GPU, or with none every logical CPU
+    device (for testing). multiworker: MultiWorkerMirroredStrategy from TF_CONFIG. tpu: TPUStrategy.
+    Must run before any other TensorFlow work in the process (multi-worker set-up needs that).
+    """
+    if kind == "auto":
+        if os.environ.get("TPU_NAME"):
+            kind = "tpu"
+        elif os.environ.get("TF_CONFIG"):
+            kind = "multiworker"
+        elif len(tf.config.list_logical_devices("GPU")) > 1:
+            kind = "mirrored"
+        else:
+            kind = "none"
+    if kind == "none":
+        return tf.distribute.get_strategy()
+    if kind == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if kind == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(os.environ.get("TPU_NAME", ""))
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise UsageError(f"unknown --distribute {kind!r}")
+
+
+def num_workers(strategy):
+    """How many processes (machines) train together: 1 unless the cluster has several workers."""
+    resolver = strategy.cluster_resolver
+    if resolver is None or not resolver.task_type:
+        return 1
+    spec = resolver.cluster_spec().as_dict()
+    return max(1, len(spec.get("worker", [])) + len(spec.get("chief", [])))
+
+
+def is_chief(strategy):
+    """Whether this process writes checkpoints, samples and summaries (the first worker does)."""
+    resolver = strategy.cluster_resolver
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def default_compile():
+    """The compile mode when --compile is auto: XLA on GPU and TPU, a TF graph on CPU.
+
+    On CPU, TensorFlow's own kernels (oneDNN matmuls) train faster than XLA's (bench/train.py).
+    """
+    accelerated = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")
+    return "xla" if accelerated else "graph"
+
+
+def build_model(hparams, mixed_precision=None, memory_saving=False):
+    """A GPT2 with float32 weights; with mixed_precision 'bf16' or 'fp16' it computes in that type.
+
+    With memory_saving, each block's activations are recomputed in the backward pass
+    (`recompute_blocks`). The weights are freshly initialised; load them with checkpoint.restore.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(POLICIES[mixed_precision])
+    try:
+        model = GPT2(hparams)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    if memory_saving:
+        recompute_blocks(model)
+    return model
+
+
+def recompute_blocks(model):
+    """Keep only each block's input for the backward pass and recompute the rest (tf.recompute_grad).
+
+    This is what the original's memory_saving_gradients (checkpoints at block boundaries) and twremat
+    did: the activations inside a block are computed a second time during backpropagation instead of
+    being stored. Results are unchanged. Calls with a `past` cache (sampling) are not affected.
+    """
+    for block in model.blocks:
+        block.call = _recomputed(block.call)
+
+
+def _recomputed(call):
+    recomputed = tf.recompute_grad(lambda x: call(x))
+
+    def block_call(x, past=None, past_length=None):
+        if past is None and past_length is None:
+            return recomputed(x)
+        return call(x, past=past, past_length=past_length)
+
+    return block_call
+
+
+def trained_variables(model, only_transformer_layers=False):
+    """{TF1 name: variable} of the variables to train: all, or only the blocks' (names with '/h')."""
+    names = model.variables_by_name()
+    if only_transformer_layers:
+        names = {name: v for name, v in names.items() if "/h" in name}
+    return names
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loss and the compiled training step.
+
+
+def loss_sum(model, inputs, labels):
+    """Sum of the cross-entropies of predicting labels[:, 1:] from inputs[:, :-1].
+
+    inputs, labels: [b, T] int32 (inputs are the possibly noised labels). Returns a float32 scalar;
+    divided by b * (T - 1) it is the original's loss (a mean over every position of every row).
+    """
+    logits = model(inputs)["logits"][:, :-1]
+    cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels[:, 1:], logits=logits)
+    return tf.reduce_sum(cross_entropy)
+
+
+def randomize(context, p, n_vocab, rng):
+    """The original's input noise: each token is replaced with probability p by a uniform random id.
+
+    context: int array of any shape; rng: numpy RandomState. Returns an int32 array of the same shape.
+    """
+    if p <= 0:
+        return context
+    mask = rng.random_sample(context.shape) < p
+    noise = rng.randint(0, n_vocab, size=context.shape)
+    return np.where(mask, noise, context).astype(np.int32)
+
+
+class TrainStep:
+    """One optimizer update as one compiled function, on every replica of a tf.distribute strategy.
+
+    `step(inputs, labels)` takes [A, B, T] int32 arrays (A micro-batches of the global batch B) and
+    returns the loss: the mean cross-entropy over the A * B * (T - 1) predictions. The gradient is
+    the mean over the same predictions, so A micro-batches of B rows give the update of one batch of
+    A * B rows. Each replica takes its share of the B rows; the gradients are summed across replicas.
+    """
+
+    def __init__(self, model, optimizer, variables, strategy, batch_size, accumulate, n_ctx,
+                 jit_compile=False, loss_scaling=False, xla_update=True):
+        self.model = model
+        self.optimizer = optimizer
+        self.variables = list(variables)
+        self.strategy = strategy
+        self.replicas = strategy.num_replicas_in_sync
+        self.per_replica = batch_size // self.replicas
+        self.accumulate = accumulate
+        self.predictions = accumulate * batch_size * (n_ctx - 1)
+        self.loss_scaling = loss_scaling
+        self._gradients = tf.function(self._micro_batch, jit_compile=jit_compile)
+        # With xla_update, on one device, the update is compiled with XLA whatever the mode:
+        # Keras' optimizers update each variable in several elementwise passes, which XLA fuses
+        # into one (on CPU, Adam on 124M takes 0.1 s instead of 0.45 s). But one fused update waits
+        # for every gradient, so all of them exist at once; as a graph, each variable is updated
+        # as soon as its gradient is ready and the gradient is freed, which lowers the peak (by the
+        # size of the weights at most) when memory matters more. Across replicas, Keras
+        # all-reduces the gradients inside apply_gradients, which XLA cannot compile on its own.
+        self._apply = self._apply_gradients
+        if self.replicas == 1 and xla_update:
+            self._apply = tf.function(self._apply_gradients, jit_compile=True)
+        self._step = tf.function(self._distributed_step)
+
+    def _micro_batch(self, inputs, labels):
+        """(loss sum, gradients of loss sum / predictions) for one micro-batch [b, T] of one replica."""
+        with tf.GradientTape() as tape:
+            total = loss_sum(self.model, inputs, labels)
+            scaled = total / self.predictions
+            if self.loss_scaling:
+                scaled = self.optimizer.scale_loss(scaled)
+        grads = tape.gradient(scaled, self.variables)
+        # Embedding gradients come as IndexedSlices; dense ones can be summed and all-reduced.
+        return total, [tf.convert_to_tensor(g) for g in grads]
+
+    def _replica_step(self, inputs, labels):
+        total, grads = self._gradients(inputs[0], labels[0])
+        if self.accumulate > 1:
+            def add_micro_batch(i, total, grads):
+                more, more_grads = self._gradients(inputs[i], labels[i])
+                return i + 1, total + more, [g + h for g, h in zip(grads, more_grads)]
+
+            _, total, grads = tf.while_loop(lambda i, *_: i < self.accumulate, add_micro_batch,
+                                            (tf.constant(1), total, grads))
+        self._apply(grads)
+        return total
+
+    def _apply_gradients(self, grads):
+        self.optimizer.apply_gradients(zip(grads, self.variables))
+
+    def _distributed_step(self, inputs, labels):
+        totals = self.strategy.run(self._replica_step, args=(inputs, labels))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None)
+
+    def distribute(self, array, axis):
+        """Give each replica its slice of `array` along `axis` (the batch axis)."""
+        n = self.per_replica
+
+        def share(context):
+            index = [slice(None)] * array.ndim
+            start = context.replica_id_in_sync_group * n
+            index[axis] = slice(start, start + n)
+            return tf.constant(array[tuple(index)])
+
+        return self.strategy.experimental_distribute_values_from_function(share)
+
+    def __call__(self, inputs, labels):
+        total = self._step(self.distribute(inputs, 1), self.distribute(labels, 1))
+        return float(total) / self.predictions
+
+
+class Evaluator:
+    """Validation loss: `evaluator(tokens [V, T])` -> mean cross-entropy over V * (T - 1) predictions.
+
+    Runs on every replica of the strategy; when V does not divide among them, the batch is padded
+    with rows that count for nothing.
+    """
+
+    def __init__(self, model, strategy, jit_compile=False):
+        self.model = model
+        self.strategy = strategy
+        self.replicas = strategy.num_replicas_in_sync
+        self._loss = tf.function(self._replica_loss, jit_compile=jit_compile)
+        self._step = tf.function(self._distributed_loss)
+
+    def _replica_loss(self, tokens, weights):
+        logits = self.model(tokens)["logits"][:, :-1]
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits)
+        return tf.reduce_sum(ce * weights[:, None])
+
+    def _distributed_loss(self, tokens, weights):
+        totals = self.strategy.run(self._loss, args=(tokens, weights))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None)
+
+    def __call__(self, tokens):
+        tokens = np.asarray(tokens, np.int32)
+        rows, length = tokens.shape
+        per_replica = -(-rows // self.replicas)
+        padded = np.zeros([per_replica * self.replicas, length], np.int32)
+        padded[:rows] = tokens
+        weights = np.zeros([len(padded)], np.float32)
+        weights[:rows] = 1
+
+        def share(array):
+            def value(context):
+                start = context.replica_id_in_sync_group * per_replica
+                return tf.constant(array[start:start + per_replica])
+            return self.strategy.experimental_distribute_values_from_function(value)
+
+        total = self._step(share(padded), share(weights))
+        return float(total) / (rows * (length - 1))
+
+
+def write_scalar(writer, tag, value, step):
+    """A TensorBoard scalar, written with TensorFlow alone (tf.summary.scalar needs TensorBoard)."""
+    metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+        data_class=summary_pb2.DATA_CLASS_SCALAR)
+    with writer.as_default():
+        tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=metadata)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data.
+
+
+def load_chunks(enc, path, args, n_ctx, what="dataset"):
+    """load_dataset(...) -> (chunks, total tokens); problems, and data too small for n_ctx-token
+    windows, become UsageError."""
+    from gpt2_tf.dataset import Sampler, default_jobs, load_dataset
+
+    try:
+        chunks = load_dataset(enc, path, args.combine, encoding=args.encoding,
+                              literal_endoftext=args.literal_endoftext, jobs=default_jobs())
+        if not chunks:
+            raise ValueError("no data found (does the path or pattern match any file?)")
+        Sampler(chunks, seed=0).sample(n_ctx)  # the sampler's own check that windows fit
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{what} {path}: {e}") from None
+    return chunks, sum(len(c) for c in chunks)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where to start from.
+
+
+def find_start(args, run_dir, base_dir):
+    """The checkpoint prefix to load, per --restore_from (latest, fresh, or a folder or prefix)."""
+    try:
+        if args.restore_from == "fresh":
+            return checkpoint.latest(base_dir)
+        if args.restore_from == "latest":
+            if os.path.exists(os.path.join(run_dir, "checkpoint")):
+                return checkpoint.latest(run_dir)
+            return checkpoint.latest(base_dir)
+        return checkpoint.latest(args.restore_from)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+
+
+class StopRequest:
+    """Turns SIGINT and SIGTERM into a request to save and stop after the current step.
+
+    A second SIGINT stops at once (KeyboardInterrupt) without saving; the last saved checkpoint
+    stays intact.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run.
+
+
+def run(args):
+    """Fine-tune as the parsed flags of train.py say. Returns the step reached.
+
+    Raises UsageError (before any work) for bad flags or inputs.
+    """
+    hparams, base_dir = check_args(args)
+    n_ctx = hparams.n_ctx
+    strategy = make_strategy(args.distribute)
+    chief = is_chief(strategy)
+    replicas = strategy.num_replicas_in_sync
+    if args.batch_size % replicas:
+        raise UsageError(f"--batch_size {args.batch_size} must be a multiple of the {replicas} replicas")
+    if num_workers(strategy) > 1 and args.seed is None:
+        raise UsageError("--seed is needed with several workers: they draw the same batches")
+    if replicas > 1:
+        print(f"Training on {replicas} replicas, {args.batch_size // replicas} windows each",
+              file=sys.stderr)
+    compile_mode = args.compile if args.compile != "auto" else default_compile()
+    if args.mixed_precision is None:
+        tf.config.experimental.enable_tensor_float_32_execution(False)  # fp32 means fp32, as NS-2021
+
+    enc = get_encoder(os.path.basename(base_dir), os.path.dirname(base_dir))
+    run_dir = os.path.join(args.checkpoint_dir, args.run_name)
+    sample_dir = os.path.join(args.sample_dir, args.run_name)
+    start = find_start(args, run_dir, base_dir)
+    memory_saving = args.memory_saving_gradients or args.twremat
+    print(f"Using {DISPLAY_NAMES[args.optimizer]} optimizer", file=sys.stderr)
+    if memory_saving:
+        print("Recomputing each block in the backward pass (memory saving)", file=sys.stderr)
+
+    say(f"Loading checkpoint {start}")
+    say("Loading dataset...")
+    chunks, total_tokens = load_chunks(enc, args.dataset, args, n_ctx)
+    val_chunks = chunks
+    if args.val_every > 0 and args.val_dataset:
+        val_chunks, _ = load_chunks(enc, args.val_dataset, args, n_ctx, "validation dataset")
+    say(f"dataset has {total_tokens} tokens")
+
+    from gpt2_tf.dataset import Sampler
+
+    with strategy.scope():
+        model = build_model(hparams, args.mixed_precision, memory_saving=memory_saving)
+        variables = trained_variables(model, args.only_train_transformer_layers)
+        optimizer = make_optimizer(args.optimizer, args.learning_rate,
+                                   loss_scaling=args.mixed_precision == "fp16")
+        optimizer.build(list(variables.values()))
+    try:
+        checkpoint.restore(model, start)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+
+    # The step count, the random states and the optimizer state come from the checkpoint when it
+    # has them (written by this trainer); otherwise a new count starts.
+    data_sampler = Sampler(chunks, seed=args.seed)
+    noise_rng = np.random.RandomState(None if args.seed is None else [args.seed, 1])
+    step = 0
+    avg_loss = (0.0, 0.0)
+    saved = load_train_state(start) if args.restore_from != "fresh" else None
+    in_run_dir = os.path.abspath(os.path.dirname(start)) == os.path.abspath(run_dir)
+    if saved is not None:
+        state, arrays = saved
+        step = state["step"]
+        data_sampler.rs.set_state(rng_state_from_json(state["sampler_rng"]))
+        noise_rng.set_state(rng_state_from_json(state["noise_rng"]))
+        avg_loss = tuple(state["avg_loss"])
+        problem = restore_optimizer(optimizer, args.optimizer, state, arrays)
+        if problem:
+            print(f"warning: the optimizer state of {start} is not used: {problem}", file=sys.stderr)
+    elif args.restore_from != "fresh" and in_run_dir:
+        step = read_counter(run_dir) or 0  # a run written by the original trainer
+    last_saved = step if in_run_dir else 0
+
+    val_batches = []
+    if args.val_every > 0:
+        val_sampler = Sampler(val_chunks, seed=1)
+        val_batches = [[val_sampler.sample(n_ctx) for _ in range(args.val_batch_size)]
+                       for _ in range(args.val_batch_count)]
+
+    train_step = TrainStep(model, optimizer, variables.values(), strategy, args.batch_size,
+                           args.accumulate_gradients, n_ctx, jit_compile=compile_mode == "xla",
+                           loss_scaling=args.mixed_precision == "fp16",
+                           xla_update=not memory_saving and args.optimizer != "adafactor")
+    evaluator = Evaluator(model, strategy, jit_compile=compile_mode == "xla") if val_batches else None
+    generator = Generator(model)
+    checkpoints = RunCheckpoints(run_dir, max_to_keep=args.max_to_keep or None, keep_every_hours=2,
+                                 aux_files={"hparams.json": os.path.join(base_dir, "hparams.json"),
+                                            "encoder.json": os.path.join(base_dir, "encoder.json"),
+                                            "vocab.bpe": os.path.join(base_dir, "vocab.bpe")})
+    writer = tf.summary.create_file_writer(run_dir) if chief else tf.summary.create_noop_writer()
+    if args.top_p > 0:
+        top_k, top_p = 0, args.top_p  # as in the original trainer, --top_p > 0 overrides --top_k
+    else:
+        top_k, top_p = args.top_k, 1.0
+
+    def elapsed():
+        return time.time() - start_time
+
+    def save():
+        nonlocal last_saved
+        say(f"Saving {os.path.join(run_dir, f'model-{step}')}")
+        if chief:
+            state = {"sampler_rng": rng_state_to_json(data_sampler.rs),
+                     "noise_rng": rng_state_to_json(noise_rng), "avg_loss": list(avg_loss),
+                     "optimizer": args.optimizer, "seed": args.seed,
+                     "trained_variables": list(variables)}
+            checkpoints.save(step, model, optimizer, state)
+        last_saved = step
+
+    def generate_samples():
+        say("Generating samples...")
+        context_token = data_sampler.sample(1)  # from the training sampler, as in the original
+        if not chief:
+            return
+        context = np.tile(np.asarray(context_token, np.int32)[None, :1], [args.batch_size, 1])
+        texts = []
+        while len(texts) < args.sample_num:
+            seed = None
+            if args.seed is not None:
+                seed = int(np.random.RandomState([args.seed, step, len(texts)]).randint(2**31))
+            out = sample_sequence(model, args.sample_length, context=context, temperature=1.0,
+                                  top_k=top_k, top_p=top_p, seed=seed, generator=generator)
+            for row in out[:min(args.sample_num - len(texts), args.batch_size)]:
+                texts.append(f"======== SAMPLE {len(texts) + 1} ========\n{enc.decode(row)}\n")
+        if texts:
+            say(texts[-1])
+        os.makedirs(sample_dir, exist_ok=True)
+        path = os.path.join(sample_dir, f"samples-{step}")
+        with open(path + ".tmp", "w", encoding=args.encoding, errors="replace") as f:
+            f.write("\n".join(texts))
+        os.replace(path + ".tmp", path)
+
+    def validation():
+        say("Calculating validation loss...")
+        losses = [evaluator(batch) for batch in tqdm(val_batches)]
+        value = float(np.mean(losses))
+        write_scalar(writer, "val_loss", value, step)
+        writer.flush()
+        say(f"[{step} | {elapsed():2.2f}] validation loss = {value:2.2f}")
+
+    def next_batch():
+        count = args.accumulate_gradients * args.batch_size
+        windows = np.stack([data_sampler.sample(n_ctx) for _ in range(count)]).astype(np.int32)
+        labels = windows.reshape(args.accumulate_gradients, args.batch_size, n_ctx)
+        return randomize(labels, args.noise, hparams.n_vocab, noise_rng), labels
+
+    say("Training...")
+    start_time = time.time()
+    end = None if args.steps is None else step + args.steps
+    with StopRequest() as stop:
+        if evaluator and step == 0:
+            validation()
+        while not stop.requested and (end is None or step < end):
+            loss = train_step(*next_batch())
+            step += 1
+            avg_loss = (avg_loss[0] * 0.99 + loss, avg_loss[1] * 0.99 + 1.0)
+            write_scalar(writer, "loss", loss, step)
+            write_scalar(writer, "learning_rate", args.learning_rate, step)
+            say(f"[{step} | {elapsed():2.2f}] loss={loss:2.2f} avg={avg_loss[0] / avg_loss[1]:2.2f}")
+            if not math.isfinite(loss):
+                print("warning: the loss is not finite", file=sys.stderr)
+            if args.sample_every and step % args.sample_every == 0:
+                generate_samples()
+            if evaluator and step % args.val_every == 0:
+                validation()
+            if args.save_every and step % args.save_every == 0:
+                save()
+        if stop.requested:
+            say("interrupted")
+        if step != last_saved:
+            save()
+    writer.flush()
+    return step
