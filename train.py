@@ -48,8 +48,9 @@ def make_parser():
         help="accepted for compatibility (bytes, or with K/M/G suffix); recomputation is per block")
     add("--only_train_transformer_layers", action="store_true",
         help="train only the transformer blocks (not wte, wpe, ln_f)")
-    add("--optimizer", default="adam", choices=["adam", "sgd", "adafactor"],
-        help="adafactor and sgd need less memory than adam")
+    add("--optimizer", default="adam", choices=["adam", "sgd", "adafactor", "adamw"],
+        help="adafactor and sgd need less memory than adam; adamw (with --weight_decay) is for "
+             "training from scratch")
     add("--noise", type=float, default=0.0,
         help="replace each input token by a random one with this probability (labels stay clean)")
     add("--mixed_precision", choices=["bf16", "fp16"], default=None,
@@ -63,6 +64,26 @@ def make_parser():
              "a resumed run keeps its saved random state")
     add("--steps", metavar="N", type=int, default=None,
         help="stop after N updates in this run and save (default: run until interrupted)")
+
+    add("--print_every", metavar="N", type=int, default=1, help="print the loss line every N steps")
+
+    scratch = p.add_argument_group("training from scratch")
+    scratch.add_argument("--init", choices=["pretrained", "scratch"], default="pretrained",
+                         help="scratch: a new model initialised as GPT-2 was, with the tokenizer and "
+                              "hparams.json of --model_name (e.g. a folder written by train_bpe.py)")
+    for key in ("n_ctx", "n_embd", "n_head", "n_layer"):
+        scratch.add_argument(f"--{key}", type=int, default=None,
+                             help=f"with --init scratch: override {key} of hparams.json")
+    scratch.add_argument("--weight_decay", type=float, default=0.1, help="for --optimizer adamw")
+    scratch.add_argument("--warmup_steps", metavar="N", type=int, default=0,
+                         help="raise the learning rate linearly over the first N updates")
+    scratch.add_argument("--min_lr", metavar="LR", type=float, default=None,
+                         help="decay the learning rate to LR along a cosine, reaching it at update "
+                              "--lr_decay_steps (default: constant learning rate)")
+    scratch.add_argument("--lr_decay_steps", metavar="N", type=int, default=None,
+                         help="update at which the cosine decay ends (default: --steps)")
+    scratch.add_argument("--grad_clip", metavar="NORM", type=float, default=None,
+                         help="clip the gradients to this global norm (default: no clipping)")
 
     add("--top_k", type=int, default=40, help="top-k for the samples made during training")
     add("--top_p", type=float, default=0.0, help="top-p for those samples; > 0 overrides --top_k")

@@ -5,6 +5,8 @@
 * `adam`: the original's `tf.train.AdamOptimizer` (beta 0.9 / 0.999, epsilon 1e-8 instead of Keras'
   1e-7; Keras uses the same epsilon-hat update as TF1).
 * `sgd`: plain gradient descent, as `tf.train.GradientDescentOptimizer` (no momentum).
+* `adamw`: Adam with decoupled weight decay (beta 0.9 / 0.95, as usual for training GPT models from
+  scratch), for --init scratch.
 * `adafactor`: Keras' Adafactor (its defaults, its update), but storing only the factored second
   moments of each matrix (a row and a column vector). Keras' own class also keeps a full-size copy
   of the reconstructed second moment for every weight, which costs as much memory as the weights;
@@ -13,22 +15,33 @@
 With float16 training the optimizer is wrapped in a LossScaleOptimizer (dynamic loss scaling).
 """
 
+import math
+
 import keras
 import numpy as np
 
-OPTIMIZERS = ("adam", "sgd", "adafactor")
+OPTIMIZERS = ("adam", "sgd", "adafactor", "adamw")
 
-DISPLAY_NAMES = {"adam": "Adam", "sgd": "SGD", "adafactor": "Adafactor"}
+DISPLAY_NAMES = {"adam": "Adam", "sgd": "SGD", "adafactor": "Adafactor", "adamw": "AdamW"}
 
 
-def make_optimizer(name, learning_rate, loss_scaling=False):
-    """A Keras optimizer for `name` (one of OPTIMIZERS) with a constant learning rate."""
+def make_optimizer(name, learning_rate, loss_scaling=False, weight_decay=0.1, grad_clip=None):
+    """A Keras optimizer for `name` (one of OPTIMIZERS).
+
+    learning_rate: a number or a schedule (`learning_rate_schedule`). weight_decay: for adamw only
+    (decoupled, as in the AdamW paper; exclude variables with `exclude_from_weight_decay`).
+    grad_clip: clip the gradients to this global norm before each update (None: no clipping).
+    """
+    clip = {"global_clipnorm": grad_clip} if grad_clip else {}
     if name == "adam":
-        optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+        optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8, **clip)
     elif name == "sgd":
-        optimizer = keras.optimizers.SGD(learning_rate)
+        optimizer = keras.optimizers.SGD(learning_rate, **clip)
     elif name == "adafactor":
-        optimizer = FactoredAdafactor(learning_rate)
+        optimizer = FactoredAdafactor(learning_rate, **clip)
+    elif name == "adamw":
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, beta_1=0.9,
+                                           beta_2=0.95, epsilon=1e-8, **clip)
     else:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
     if loss_scaling:
@@ -121,3 +134,35 @@ def load_optimizer_state(optimizer, arrays):
                              f"expected {list(variable.shape)}")
     for variable, value in zip(variables, arrays):
         variable.assign(value)
+
+
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak` over `warmup` updates, then a cosine decay to `minimum` at update
+    `decay_steps`, and `minimum` after that."""
+
+    def __init__(self, peak, warmup, decay_steps, minimum):
+        self.peak = peak
+        self.warmup = warmup
+        self.decay_steps = decay_steps
+        self.minimum = minimum
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warm = self.peak * (step + 1) / max(self.warmup, 1)
+        progress = keras.ops.clip((step - self.warmup) / max(self.decay_steps - self.warmup, 1), 0.0, 1.0)
+        cosine = self.minimum + 0.5 * (self.peak - self.minimum) * (1 + keras.ops.cos(math.pi * progress))
+        return keras.ops.where(step < self.warmup, warm, cosine)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup": self.warmup, "decay_steps": self.decay_steps,
+                "minimum": self.minimum}
+
+
+def learning_rate_schedule(learning_rate, warmup_steps=0, decay_steps=None, min_lr=None):
+    """The learning rate for make_optimizer: constant (the original's), or with a linear warm-up over
+    `warmup_steps` and, if min_lr is given, a cosine decay to it at update `decay_steps`."""
+    if not warmup_steps and min_lr is None:
+        return learning_rate
+    if min_lr is None:
+        min_lr, decay_steps = learning_rate, warmup_steps
+    return WarmupCosine(learning_rate, warmup_steps, decay_steps, min_lr)

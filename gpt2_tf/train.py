@@ -37,9 +37,9 @@ from tqdm import tqdm
 from gpt2_tf import checkpoint
 from gpt2_tf.checkpoint import CheckpointError
 from gpt2_tf.encoder import get_encoder
-from gpt2_tf.hparams import load_hparams, model_dir
+from gpt2_tf.hparams import HParams, load_hparams, model_dir, save_hparams
 from gpt2_tf.model import GPT2
-from gpt2_tf.optim import DISPLAY_NAMES, OPTIMIZERS, make_optimizer
+from gpt2_tf.optim import DISPLAY_NAMES, OPTIMIZERS, learning_rate_schedule, make_optimizer
 from gpt2_tf.sample import Generator, sample_sequence
 from gpt2_tf.train_state import (
     RunCheckpoints,
@@ -98,12 +98,32 @@ def check_args(args):
             raise UsageError(f"{base} has no {name}")
     try:
         hparams = load_hparams(base)
+        if args.init == "scratch":
+            hparams = scratch_hparams(args, hparams)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if args.sample_length > hparams.n_ctx - 1:
+    if args.init != "scratch" and any(getattr(args, k) is not None for k in SHAPE_FLAGS):
+        raise UsageError("--n_ctx, --n_embd, --n_head and --n_layer are for --init scratch only")
+    if args.min_lr is not None and (args.lr_decay_steps or args.steps) is None:
+        raise UsageError("--min_lr needs --steps or --lr_decay_steps (where the decay ends)")
+    if args.sample_every and args.sample_length > hparams.n_ctx - 1:
         raise UsageError(f"Can't get samples longer than window size: {hparams.n_ctx} (--sample_length "
                          f"{args.sample_length} plus the one context token must fit in n_ctx)")
     return hparams, base
+
+
+SHAPE_FLAGS = ("n_ctx", "n_embd", "n_head", "n_layer")
+
+
+def scratch_hparams(args, hparams):
+    """The shape of a model trained from scratch: the run's own hparams.json when the run exists
+    (a resumed run keeps its shape), else the model folder's with the --n_* flags applied."""
+    saved = os.path.join(args.checkpoint_dir, args.run_name, "hparams.json")
+    if args.restore_from == "latest" and os.path.exists(saved):
+        return load_hparams(saved)
+    values = hparams.to_dict()
+    values.update({k: getattr(args, k) for k in SHAPE_FLAGS if getattr(args, k) is not None})
+    return HParams.from_dict(values)
 
 
 def make_strategy(kind="auto"):
@@ -167,16 +187,18 @@ def default_compile():
     return "xla" if accelerated else "graph"
 
 
-def build_model(hparams, mixed_precision=None, memory_saving=False):
+def build_model(hparams, mixed_precision=None, memory_saving=False, residual_scaling=False):
     """A GPT2 with float32 weights; with mixed_precision 'bf16' or 'fp16' it computes in that type.
 
     With memory_saving, each block's activations are recomputed in the backward pass
-    (`recompute_blocks`). The weights are freshly initialised; load them with checkpoint.restore.
+    (`recompute_blocks`). The weights are freshly initialised as GPT-2 was (residual_scaling: the
+    residual projections scaled by 1/sqrt(2 n_layer), for training from scratch); load trained
+    weights with checkpoint.restore.
     """
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(POLICIES[mixed_precision])
     try:
-        model = GPT2(hparams)
+        model = GPT2(hparams, residual_scaling=residual_scaling)
     finally:
         keras.config.set_dtype_policy(previous)
     if memory_saving:
@@ -363,6 +385,11 @@ class Evaluator:
         return float(total) / (rows * (length - 1))
 
 
+def current_learning_rate(optimizer):
+    """The learning rate of the next update (a schedule evaluated at the optimizer's step)."""
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
 def write_scalar(writer, tag, value, step):
     """A TensorBoard scalar, written with TensorFlow alone (tf.summary.scalar needs TensorBoard)."""
     metadata = summary_pb2.SummaryMetadata(
@@ -462,15 +489,25 @@ def run(args):
         tf.config.experimental.enable_tensor_float_32_execution(False)  # fp32 means fp32, as NS-2021
 
     enc = get_encoder(os.path.basename(base_dir), os.path.dirname(base_dir))
+    if len(enc.encoder) > hparams.n_vocab:
+        raise UsageError(f"the tokenizer of {base_dir} has {len(enc.encoder)} tokens, more than n_vocab = "
+                         f"{hparams.n_vocab}")
     run_dir = os.path.join(args.checkpoint_dir, args.run_name)
     sample_dir = os.path.join(args.sample_dir, args.run_name)
-    start = find_start(args, run_dir, base_dir)
+    resuming = args.restore_from == "latest" and os.path.exists(os.path.join(run_dir, "checkpoint"))
+    scratch = args.init == "scratch" and not resuming and args.restore_from in ("latest", "fresh")
+    start = None if scratch else find_start(args, run_dir, base_dir)
     memory_saving = args.memory_saving_gradients or args.twremat
     print(f"Using {DISPLAY_NAMES[args.optimizer]} optimizer", file=sys.stderr)
     if memory_saving:
         print("Recomputing each block in the backward pass (memory saving)", file=sys.stderr)
 
-    say(f"Loading checkpoint {start}")
+    if scratch:
+        say(f"Initialising a new model: {hparams.n_layer} layers, n_embd {hparams.n_embd}, n_head "
+            f"{hparams.n_head}, n_ctx {hparams.n_ctx}, n_vocab {hparams.n_vocab} "
+            f"({hparams.n_params():,} parameters)")
+    else:
+        say(f"Loading checkpoint {start}")
     say("Loading dataset...")
     chunks, total_tokens = load_chunks(enc, args.dataset, args, n_ctx)
     val_chunks = chunks
@@ -481,15 +518,24 @@ def run(args):
     from gpt2_tf.dataset import Sampler
 
     with strategy.scope():
-        model = build_model(hparams, args.mixed_precision, memory_saving=memory_saving)
+        model = build_model(hparams, args.mixed_precision, memory_saving=memory_saving,
+                            residual_scaling=args.init == "scratch")
         variables = trained_variables(model, args.only_train_transformer_layers)
-        optimizer = make_optimizer(args.optimizer, args.learning_rate,
-                                   loss_scaling=args.mixed_precision == "fp16")
+        learning_rate = learning_rate_schedule(args.learning_rate, args.warmup_steps,
+                                               args.lr_decay_steps or args.steps, args.min_lr)
+        optimizer = make_optimizer(args.optimizer, learning_rate, args.mixed_precision == "fp16",
+                                   args.weight_decay, args.grad_clip)
+        if args.optimizer == "adamw":  # no decay of biases and norm gains, as usual for GPT models
+            optimizer.exclude_from_weight_decay(var_list=[v for v in variables.values() if len(v.shape) == 1])
         optimizer.build(list(variables.values()))
-    try:
-        checkpoint.restore(model, start)
-    except CheckpointError as e:
-        raise UsageError(str(e)) from None
+    if start is not None:
+        try:
+            checkpoint.restore(model, start)
+        except CheckpointError as e:
+            raise UsageError(str(e)) from None
+    elif chief:
+        os.makedirs(run_dir, exist_ok=True)
+        save_hparams(hparams, os.path.join(run_dir, "hparams.json"))  # the run's own shape
 
     # The step count, the random states and the optimizer state come from the checkpoint when it
     # has them (written by this trainer); otherwise a new count starts.
@@ -497,8 +543,8 @@ def run(args):
     noise_rng = np.random.RandomState(None if args.seed is None else [args.seed, 1])
     step = 0
     avg_loss = (0.0, 0.0)
-    saved = load_train_state(start) if args.restore_from != "fresh" else None
-    in_run_dir = os.path.abspath(os.path.dirname(start)) == os.path.abspath(run_dir)
+    saved = load_train_state(start) if start is not None and args.restore_from != "fresh" else None
+    in_run_dir = start is not None and os.path.abspath(os.path.dirname(start)) == os.path.abspath(run_dir)
     if saved is not None:
         state, arrays = saved
         step = state["step"]
@@ -596,8 +642,9 @@ def run(args):
             step += 1
             avg_loss = (avg_loss[0] * 0.99 + loss, avg_loss[1] * 0.99 + 1.0)
             write_scalar(writer, "loss", loss, step)
-            write_scalar(writer, "learning_rate", args.learning_rate, step)
-            say(f"[{step} | {elapsed():2.2f}] loss={loss:2.2f} avg={avg_loss[0] / avg_loss[1]:2.2f}")
+            write_scalar(writer, "learning_rate", current_learning_rate(optimizer), step)
+            if step % args.print_every == 0 or step == end:
+                say(f"[{step} | {elapsed():2.2f}] loss={loss:2.2f} avg={avg_loss[0] / avg_loss[1]:2.2f}")
             if not math.isfinite(loss):
                 print("warning: the loss is not finite", file=sys.stderr)
             if args.sample_every and step % args.sample_every == 0:

@@ -1,0 +1,55 @@
+"""The offline demo, shortened: a vocabulary, a dataset and a model learned from scratch, end to end."""
+
+import math
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+
+from gpt2_tf.checkpoint import load_model
+from gpt2_tf.encoder import get_encoder
+from gpt2_tf.hparams import load_hparams
+
+
+def test_quick_demo_learns(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "gpt2_tf.demo", "--quick", "--work_dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run = tmp_path / "checkpoint" / "demo"
+    hparams = load_hparams(str(run))
+    assert (hparams.n_layer, hparams.n_embd, hparams.n_ctx, hparams.n_vocab) == (2, 64, 64, 512)
+    losses = [float(v) for v in re.findall(r"validation loss = ([0-9.]+)", out.stdout)]
+    assert len(losses) >= 3
+    # A new model starts near the loss of a uniform guess, ln(n_vocab), and must get well below it.
+    assert abs(losses[0] - math.log(512)) < 0.5
+    assert losses[-1] < math.log(512) - 0.8
+    assert "SAMPLE 1" in out.stdout
+    # The run folder is self-contained: the model and its tokenizer load from it.
+    model, _ = load_model(str(run))
+    enc = get_encoder("demo", str(tmp_path / "checkpoint"))
+    logits = model(np.array([enc.encode("def main():")]))["logits"]
+    assert logits.shape[-1] == 512
+
+
+def test_scratch_run_resumes_with_its_own_shape(tmp_path, tiny_model):
+    models_dir, name, _ = tiny_model
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("def f(x):\n    return x + 1\n" * 400)
+    base = [sys.executable, os.path.join(os.path.dirname(os.path.dirname(__file__)), "train.py"),
+            "--init", "scratch", "--dataset", str(corpus), "--models_dir", models_dir, "--model_name", name,
+            "--checkpoint_dir", str(tmp_path / "ckpt"), "--sample_every", "0", "--seed", "3",
+            "--optimizer", "adamw", "--warmup_steps", "2", "--min_lr", "1e-4", "--learning_rate", "1e-3",
+            "--grad_clip", "1.0", "--batch_size", "2"]
+    first = subprocess.run(base + ["--n_layer", "1", "--n_embd", "16", "--n_head", "2", "--n_ctx", "32",
+                                   "--steps", "3", "--lr_decay_steps", "6"], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Initialising a new model: 1 layers, n_embd 16" in first.stdout
+    second = subprocess.run(base + ["--steps", "3", "--lr_decay_steps", "6"], capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Loading checkpoint" in second.stdout and "[6 |" in second.stdout
+    model, hparams = load_model(str(tmp_path / "ckpt" / "run1"))
+    assert (hparams.n_layer, hparams.n_embd, hparams.n_ctx) == (1, 16, 32)
+    bad = subprocess.run(base[:2] + base[4:] + ["--n_layer", "1"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "for --init scratch only" in bad.stderr
