@@ -18,7 +18,6 @@ import collections
 import heapq
 import json
 import os
-import tempfile
 import time
 
 from tqdm import tqdm
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from gpt2_tf.dataset import PIECE_SIZE, DatasetError, check_decoding, list_files, read_text, text_work
 from gpt2_tf.encoder import ENDOFTEXT, PAT, bytes_to_unicode
 from gpt2_tf.fast_encoder import Splitter
+from gpt2_tf.files import atomic_write
 from gpt2_tf.hparams import HParams, save_hparams
 
 VERSION_LINE = "#version: 0.2"
@@ -181,22 +181,9 @@ def build_encoder(merges):
 
 
 def _write_atomic(path, data):
-    """Write bytes to `path` under a temporary name in the same folder, then rename it into place."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write bytes to `path` atomically (see gpt2_tf.files)."""
+    with atomic_write(path) as f:
+        f.write(data)
 
 
 def save_vocabulary(directory, encoder, merges):

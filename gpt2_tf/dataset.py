@@ -18,7 +18,6 @@ import io
 import multiprocessing
 import os
 import signal
-import tempfile
 import time
 import zipfile
 
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from gpt2_tf.encoder import ENDOFTEXT, Encoder, get_encoder
 from gpt2_tf.fast_encoder import FastEncoder, Splitter
+from gpt2_tf.files import atomic_write
 
 PIECE_SIZE = 1 << 20  # characters of text per piece handed to an encoder
 BLOCK_SIZE = 1 << 20  # bytes read from a file at a time
@@ -382,28 +382,15 @@ def save_npz(path, chunks, dtype=np.uint16):
     """
     path = check_output_path(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=os.path.basename(path) + ".",
-                                   suffix=".tmp")
-    except OSError as e:
-        raise DatasetError(f"cannot write {path}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+        with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
             for i, chunk in enumerate(chunks):
                 info = zipfile.ZipInfo(f"arr_{i}.npy", date_time=(1980, 1, 1, 0, 0, 0))
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info._compresslevel = ZIP_LEVEL  # compress_level from Python 3.13, which keeps this alias
                 with zf.open(info, "w", force_zip64=True) as out:
                     np.lib.format.write_array(out, np.asarray(chunk, dtype=dtype), allow_pickle=False)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    except OSError as e:
+        raise DatasetError(f"cannot write {path}: {e.strerror}") from None
     return path
 
 
