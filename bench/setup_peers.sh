@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Create the environments of the peers that the benchmarks compare against, outside the repository:
 #   torch:    PyTorch 2.13.0 (CPU build) + Hugging Face transformers (GPT2LMHeadModel)
-#   kerashub: TensorFlow + KerasHub (GPT2CausalLM); tensorflow-text without its dependencies, so that
-#             pip does not replace the TensorFlow that keras-hub runs on
+#   kerashub: TensorFlow + KerasHub (GPT2CausalLM, bench/sample.py); tensorflow-text without its
+#             dependencies, so that pip does not replace the TensorFlow that keras-hub runs on
+#   kerashub-lib: keras-hub and tensorflow-text alone, for the project's own Python (bench/train.py)
 # Set GPT2_BENCH_ENVS to choose where (default ~/.cache/gpt2-tf-bench).
 set -euo pipefail
 envs=${GPT2_BENCH_ENVS:-$HOME/.cache/gpt2-tf-bench}
@@ -16,5 +17,9 @@ if [ ! -x "$envs/kerashub/bin/python" ]; then
     python3 -m venv "$envs/kerashub"
     "$envs/kerashub/bin/pip" install --quiet "tensorflow==$tf_version" keras-hub psutil
     "$envs/kerashub/bin/pip" install --quiet --no-deps tensorflow-text
+fi
+# bench/train.py runs KerasHub with the project's own Python and this folder on PYTHONPATH.
+if [ ! -d "$envs/kerashub-lib" ]; then
+    python -m pip install --quiet --no-deps --target "$envs/kerashub-lib" keras-hub tensorflow-text
 fi
 echo "$envs"

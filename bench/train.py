@@ -10,11 +10,13 @@ peak RSS. Then, for ours only, peak RSS of the 355M / 774M / 1558M shapes with m
     python bench/train.py --steps 3 --warmup 1     # a quick check
     python bench/train.py --peers ours --large ""  # only ours, no large shapes
 
-The peers need their own environments, never the project's:
+The peers need their own environments, never the project's; bench/setup_peers.sh makes them under
+$GPT2_BENCH_ENVS (default ~/.cache/gpt2-tf-bench):
     Hugging Face: a venv with torch==2.13.0 (CPU) and transformers, --hf_python (default
-        /work/bench-venv/bin/python).
+        $GPT2_BENCH_ENVS/torch/bin/python).
     KerasHub: keras-hub installed with `pip install --no-deps --target DIR keras-hub tensorflow-text`,
-        run by this project's Python with PYTHONPATH=DIR, --kerashub_path (default /work/bench-kh).
+        run by this project's Python with PYTHONPATH=DIR, --kerashub_path (default
+        $GPT2_BENCH_ENVS/kerashub-lib).
 """
 
 import argparse
@@ -176,8 +178,9 @@ def main():
     p.add_argument("--peers", default="ours,hf,kerashub", help="which implementations to run")
     p.add_argument("--large", default="355M:adam,774M:adam,1558M:sgd,1558M:adafactor",
                    help="SHAPE:OPTIMIZER pairs measured with memory saving ('' for none)")
-    p.add_argument("--hf_python", default="/work/bench-venv/bin/python")
-    p.add_argument("--kerashub_path", default="/work/bench-kh")
+    envs = os.environ.get("GPT2_BENCH_ENVS", os.path.expanduser("~/.cache/gpt2-tf-bench"))
+    p.add_argument("--hf_python", default=os.path.join(envs, "torch", "bin", "python"))
+    p.add_argument("--kerashub_path", default=os.path.join(envs, "kerashub-lib"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--opts", default="{}", help=argparse.SUPPRESS)
     args = p.parse_args()
