@@ -71,6 +71,7 @@ def main(argv=None):
          "--weight_decay", "0.1", "--warmup_steps", str(steps // 10), "--min_lr", str(size["lr"] / 10),
          "--grad_clip", "1.0", "--steps", str(steps), "--val_every", str(max(steps // 4, 1)),
          "--val_batch_count", "8", "--val_batch_size", str(size["batch"]), "--sample_every", "0",
+         "--sample_length", str(size["n_ctx"] - 1),
          "--save_every", "0", "--print_every", str(max(steps // 20, 1)), "--seed", "1")
     step("4. Sample from the trained model",
          "sample.py", "--run_name", "demo", "--checkpoint_dir", os.path.join(work, "checkpoint"),

@@ -106,7 +106,7 @@ def check_args(args):
         raise UsageError("--n_ctx, --n_embd, --n_head and --n_layer are for --init scratch only")
     if args.min_lr is not None and (args.lr_decay_steps or args.steps) is None:
         raise UsageError("--min_lr needs --steps or --lr_decay_steps (where the decay ends)")
-    if args.sample_every and args.sample_length > hparams.n_ctx - 1:
+    if args.sample_length > hparams.n_ctx - 1:
         raise UsageError(f"Can't get samples longer than window size: {hparams.n_ctx} (--sample_length "
                          f"{args.sample_length} plus the one context token must fit in n_ctx)")
     return hparams, base

@@ -41,7 +41,7 @@ def test_scratch_run_resumes_with_its_own_shape(tmp_path, tiny_model):
             "--init", "scratch", "--dataset", str(corpus), "--models_dir", models_dir, "--model_name", name,
             "--checkpoint_dir", str(tmp_path / "ckpt"), "--sample_every", "0", "--seed", "3",
             "--optimizer", "adamw", "--warmup_steps", "2", "--min_lr", "1e-4", "--learning_rate", "1e-3",
-            "--grad_clip", "1.0", "--batch_size", "2"]
+            "--grad_clip", "1.0", "--batch_size", "2", "--sample_length", "16"]
     first = subprocess.run(base + ["--n_layer", "1", "--n_embd", "16", "--n_head", "2", "--n_ctx", "32",
                                    "--steps", "3", "--lr_decay_steps", "6"], capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]

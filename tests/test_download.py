@@ -70,13 +70,14 @@ class ModelServer:
 
             def reply(self, status, payload, content_type="application/octet-stream", headers=(),
                       length=None):
+                # Counted before anything is sent: the client may act on the first byte it gets.
+                owner.sent[self.path] += len(payload)
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(payload) if length is None else length))
                 for key, value in dict(headers).items():
                     self.send_header(key, value)
                 self.end_headers()
-                owner.sent[self.path] += len(payload)  # counted first: the client may act on it at once
                 self.wfile.write(payload)
                 self.wfile.flush()
 
