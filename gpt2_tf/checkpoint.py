@@ -12,6 +12,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from gpt2_tf.files import atomic_write
 from gpt2_tf.hparams import load_hparams
 from gpt2_tf.model import GPT2
 
@@ -139,10 +140,8 @@ def update_state_file(folder, name, max_to_keep=None):
         dropped, names = names[:-max_to_keep], names[-max_to_keep:]
     text = f'model_checkpoint_path: "{name}"\n'
     text += "".join(f'all_model_checkpoint_paths: "{n}"\n' for n in names)
-    tmp = os.path.join(folder, ".checkpoint.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(os.path.join(folder, "checkpoint"), encoding="utf-8") as f:
         f.write(text)
-    os.replace(tmp, os.path.join(folder, "checkpoint"))
     return [n for n in dropped if os.path.basename(n) == n]
 
 

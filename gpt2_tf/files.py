@@ -8,15 +8,17 @@ import tempfile
 
 
 @contextlib.contextmanager
-def atomic_write(path):
-    """Open a temporary binary file beside `path`; on success it replaces `path`, on error it is removed.
+def atomic_write(path, encoding=None, errors="strict"):
+    """Open a temporary file beside `path`; on success it replaces `path`, on error it is removed.
 
-    The file gets the usual permissions of a new file (mkstemp would make it private).
+    Binary, or text in `encoding`. The file gets the usual permissions of a new file (mkstemp would
+    make it private).
     """
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=os.path.basename(path) + ".",
                                suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        text = {"mode": "w", "encoding": encoding, "errors": errors} if encoding else {"mode": "wb"}
+        with os.fdopen(fd, **text) as f:
             yield f
         umask = os.umask(0)
         os.umask(umask)

@@ -7,6 +7,8 @@ import dataclasses
 import json
 import os
 
+from gpt2_tf.files import atomic_write
+
 # The four released sizes (ORIGINAL_SPEC §10.1).
 RELEASED = {
     "124M": dict(n_vocab=50257, n_ctx=1024, n_embd=768, n_head=12, n_layer=12),
@@ -103,11 +105,9 @@ def load_hparams(path):
 
 def save_hparams(hparams, path):
     """Write hparams.json as the release does (2-space indent, trailing newline), atomically."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path, encoding="utf-8") as f:
         json.dump(hparams.to_dict(), f, indent=2)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def model_dir(model_name, models_dir="models"):

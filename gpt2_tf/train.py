@@ -37,6 +37,7 @@ from tqdm import tqdm
 from gpt2_tf import checkpoint
 from gpt2_tf.checkpoint import CheckpointError
 from gpt2_tf.encoder import get_encoder
+from gpt2_tf.files import atomic_write
 from gpt2_tf.hparams import HParams, load_hparams, model_dir, save_hparams
 from gpt2_tf.model import GPT2
 from gpt2_tf.optim import DISPLAY_NAMES, OPTIMIZERS, learning_rate_schedule, make_optimizer
@@ -613,9 +614,8 @@ def run(args):
             say(texts[-1])
         os.makedirs(sample_dir, exist_ok=True)
         path = os.path.join(sample_dir, f"samples-{step}")
-        with open(path + ".tmp", "w", encoding=args.encoding, errors="replace") as f:
+        with atomic_write(path, encoding=args.encoding, errors="replace") as f:
             f.write("\n".join(texts))
-        os.replace(path + ".tmp", path)
 
     def validation():
         say("Calculating validation loss...")

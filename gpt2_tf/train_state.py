@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from gpt2_tf import checkpoint
+from gpt2_tf.files import atomic_write
 from gpt2_tf.optim import describe_state, load_optimizer_state, optimizer_state
 
 TRAIN_SUFFIX = ".train"
@@ -61,19 +62,16 @@ def read_counter(folder):
 
 def write_text(path, text):
     """Write a small text file atomically (temporary file, then rename)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path, encoding="utf-8") as f:
         f.write(text)
-    os.replace(tmp, path)
 
 
 def copy_file(source, target):
     """Copy a file atomically, unless the target exists already."""
     if os.path.exists(target):
         return
-    tmp = target + ".tmp"
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    with atomic_write(target) as f, open(source, "rb") as s:
+        shutil.copyfileobj(s, f)
 
 
 def forget_checkpoint(folder, name):
