@@ -3,6 +3,7 @@
 
 import argparse
 
+from gpt2_tf.cli import run_or_exit
 from gpt2_tf.download import DEFAULT_BASE_URL, DownloadError, download_model
 
 
@@ -18,12 +19,8 @@ def main():
                              f"{DEFAULT_BASE_URL})")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or notes")
     args = parser.parse_args()
-    try:
-        download_model(args.model_name, args.models_dir, args.base_url, quiet=args.quiet)
-    except KeyboardInterrupt:
-        parser.exit(130, f"{parser.prog}: interrupted; run again to resume\n")
-    except (DownloadError, OSError) as e:
-        parser.exit(1, f"{parser.prog}: error: {' '.join(str(e).split())}\n")
+    run_or_exit(parser, (DownloadError, OSError), "run again to resume",
+                download_model, args.model_name, args.models_dir, args.base_url, quiet=args.quiet)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ The .npz file can be given to train.py --dataset instead of the text, which then
 
 import argparse
 
+from gpt2_tf.cli import run_or_exit
 from gpt2_tf.dataset import DatasetError, default_jobs, encode_dataset
 
 
@@ -42,14 +43,10 @@ def main():
     args = parser.parse_args()
     if args.jobs < 1:
         parser.exit(2, f"{parser.prog}: error: --jobs must be at least 1\n")
-    try:
-        summary = encode_dataset(args.in_text, args.out_npz, args.model_name, args.models_dir, args.combine,
-                                 args.encoding, args.errors, args.literal_endoftext, args.jobs,
-                                 fast=not args.no_fast, quiet=args.quiet)
-    except KeyboardInterrupt:
-        parser.exit(130, f"{parser.prog}: interrupted; nothing was written\n")
-    except (DatasetError, OSError) as e:
-        parser.exit(1, f"{parser.prog}: error: {' '.join(str(e).split())}\n")
+    summary = run_or_exit(parser, (DatasetError, OSError), "nothing was written",
+                          encode_dataset, args.in_text, args.out_npz, args.model_name, args.models_dir,
+                          args.combine, args.encoding, args.errors, args.literal_endoftext, args.jobs,
+                          fast=not args.no_fast, quiet=args.quiet)
     if not args.quiet:
         print(summary)
 

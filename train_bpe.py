@@ -9,6 +9,7 @@ train.py and sample.py use the new vocabulary with `--model_name mine` (train.py
 import argparse
 
 from gpt2_tf.bpe import train_bpe
+from gpt2_tf.cli import run_or_exit
 from gpt2_tf.dataset import DatasetError
 
 
@@ -37,13 +38,9 @@ def main():
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     args = parser.parse_intermixed_args()
     hparams = dict(n_ctx=args.n_ctx, n_embd=args.n_embd, n_head=args.n_head, n_layer=args.n_layer)
-    try:
-        summary = train_bpe(args.corpus, args.out, args.vocab_size, args.min_frequency, args.encoding,
-                            args.errors, hparams, progress=not args.quiet)
-    except KeyboardInterrupt:
-        parser.exit(130, f"{parser.prog}: interrupted; nothing was written\n")
-    except (DatasetError, OSError) as e:
-        parser.exit(1, f"{parser.prog}: error: {' '.join(str(e).split())}\n")
+    summary = run_or_exit(parser, (DatasetError, OSError), "nothing was written",
+                          train_bpe, args.corpus, args.out, args.vocab_size, args.min_frequency,
+                          args.encoding, args.errors, hparams, progress=not args.quiet)
     if not args.quiet:
         print(summary)
 
