@@ -241,15 +241,24 @@ def trained_variables(model, only_transformer_layers=False):
 # The loss and the compiled training step.
 
 
+def next_token_losses(model, inputs, labels):
+    """The cross-entropies [b, T - 1] of predicting labels[:, 1:] from inputs[:, :-1]. inputs, labels: [b, T].
+
+    The logits of all T positions are used as they come, the last one with a placeholder label
+    whose loss is dropped: slicing the [b, T, V] logits would copy them, and its gradient too.
+    """
+    logits = model(inputs)["logits"]
+    targets = tf.concat([labels[:, 1:], labels[:, :1]], axis=1)
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)[:, :-1]
+
+
 def loss_sum(model, inputs, labels):
     """Sum of the cross-entropies of predicting labels[:, 1:] from inputs[:, :-1].
 
     inputs, labels: [b, T] int32 (inputs are the possibly noised labels). Returns a float32 scalar;
     divided by b * (T - 1) it is the original's loss (a mean over every position of every row).
     """
-    logits = model(inputs)["logits"][:, :-1]
-    cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels[:, 1:], logits=logits)
-    return tf.reduce_sum(cross_entropy)
+    return tf.reduce_sum(next_token_losses(model, inputs, labels))
 
 
 def randomize(context, p, n_vocab, rng):
@@ -359,9 +368,7 @@ class Evaluator:
         self._step = tf.function(self._distributed_loss)
 
     def _replica_loss(self, tokens, weights):
-        logits = self.model(tokens)["logits"][:, :-1]
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits)
-        return tf.reduce_sum(ce * weights[:, None])
+        return tf.reduce_sum(next_token_losses(self.model, tokens, tokens) * weights[:, None])
 
     def _distributed_loss(self, tokens, weights):
         totals = self.strategy.run(self._loss, args=(tokens, weights))

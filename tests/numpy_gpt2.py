@@ -45,3 +45,12 @@ def forward(weights, hparams, tokens):
         x = x + h @ w[p + "mlp/c_proj/w"][0] + w[p + "mlp/c_proj/b"]
     x = layer_norm(x, w["model/ln_f/g"], w["model/ln_f/b"])
     return x @ w["model/wte"].T, np.stack(kv, axis=1)
+
+
+def next_token_loss(weights, hparams, tokens):
+    """The mean cross-entropy of predicting tokens[:, 1:] from tokens[:, :-1], float64."""
+    logits = forward(weights, hparams, tokens)[0][:, :-1]
+    top = logits.max(-1, keepdims=True)
+    log_z = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]
+    picked = np.take_along_axis(logits, np.asarray(tokens)[:, 1:, None], axis=-1)[..., 0]
+    return float((log_z - picked).mean())

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from numpy_gpt2 import forward
+from numpy_gpt2 import forward, next_token_loss
 
 from gpt2_tf.checkpoint import load_model
 from gpt2_tf.hparams import RELEASED, HParams, load_hparams, model_dir, released
-from gpt2_tf.model import GPT2, Attention, Conv1D, Norm, attention_mask
+from gpt2_tf.model import GPT2, Attention, Conv1D, Norm, attend, attention_mask, causal_halves, gelu, norm
+from gpt2_tf.train import loss_sum
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +129,69 @@ def test_hparams_sizes_and_aliases(vocab_dir, tmp_path):
         HParams.from_dict({"n_vocab": 1, "n_embed": 3})
     (tmp_path / "124M").mkdir()
     assert model_dir("117M", str(tmp_path)) == str(tmp_path / "124M")
+
+
+def test_gradients_match_numpy_finite_differences():
+    """The backward pass (custom gradients of gelu, norm and attention, the attention in halves for
+    long sequences, the tied embedding) against central differences of the float64 NumPy loss."""
+    hp = HParams(n_vocab=300, n_ctx=256, n_embd=32, n_head=4, n_layer=2)
+    model = GPT2(hp)
+    names = model.variables_by_name()
+    for name, variable in names.items():  # non-trivial gains and biases
+        if name.endswith(("/g", "/b")):
+            variable.assign(variable + tf.random.normal(variable.shape, stddev=0.1, seed=1))
+    tokens = np.random.default_rng(2).integers(0, hp.n_vocab, size=(2, 256))
+    with tf.GradientTape() as tape:
+        loss = loss_sum(model, tf.constant(tokens), tf.constant(tokens)) / (2 * 255)
+    grads = dict(zip(names, tape.gradient(loss, list(names.values()))))
+    weights = {name: v.numpy().astype(np.float64) for name, v in names.items()}
+    assert abs(float(loss) - next_token_loss(weights, hp.to_dict(), tokens)) < 1e-5
+    rng = np.random.default_rng(3)
+    eps = 1e-4
+    for name in ["model/wte", "model/wpe", "model/h0/ln_1/g", "model/h0/attn/c_attn/w", "model/h0/mlp/c_fc/w",
+                 "model/h1/ln_2/b", "model/h1/attn/c_proj/w", "model/h1/mlp/c_proj/b", "model/ln_f/g"]:
+        direction = rng.normal(size=weights[name].shape)
+        moved = [{**weights, name: weights[name] + sign * eps * direction} for sign in (1, -1)]
+        losses = [next_token_loss(w, hp.to_dict(), tokens) for w in moved]
+        numeric = (losses[0] - losses[1]) / (2 * eps)
+        analytic = float(np.sum(tf.convert_to_tensor(grads[name]).numpy() * direction))
+        assert abs(analytic - numeric) < 1e-4 * abs(numeric) + 1e-6, (name, analytic, numeric)
+
+
+def test_pieces_with_custom_gradients_match_autodiff():
+    rng = np.random.default_rng(4)
+    x = tf.constant(rng.normal(size=(2, 7, 8)) * 3, tf.float32)
+    g, b = tf.constant(rng.normal(size=8), tf.float32), tf.constant(rng.normal(size=8), tf.float32)
+    eps = tf.constant(1e-5)
+
+    def plain_norm(x, g, b):
+        u = tf.reduce_mean(x, -1, keepdims=True)
+        return (x - u) / tf.sqrt(tf.reduce_mean(tf.square(x - u), -1, keepdims=True) + eps) * g + b
+
+    def plain_gelu(x):
+        return 0.5 * x * (1 + tf.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+    def plain_attend(q, k, v, mask):
+        w = tf.where(mask, tf.matmul(q, k, transpose_b=True), -1e10)
+        return tf.matmul(tf.nn.softmax(w), v)
+
+    def grads(f, *args):
+        with tf.GradientTape() as tape:
+            tape.watch(args)
+            y = f(*args)
+            loss = tf.reduce_sum(y * tf.constant(np.cos(np.arange(y.shape.num_elements())).reshape(y.shape),
+                                                 tf.float32))
+        return [y] + tape.gradient(loss, list(args))
+
+    def close(ours, reference):
+        for a, e in zip(ours, reference):
+            np.testing.assert_allclose(a.numpy(), e.numpy(), rtol=1e-4, atol=1e-5)
+
+    close(grads(gelu, x), grads(plain_gelu, x))
+    close(grads(lambda x, g, b: norm(x, g, b, eps), x, g, b), grads(plain_norm, x, g, b))
+    q, k, v = (tf.constant(rng.normal(size=(2, 3, 6, 4)), tf.float32) for _ in range(3))
+    mask = attention_mask(4, 6, tf.bool)[None, None]
+    close(grads(lambda q, k, v: attend(q[:, :, 2:], k, v, mask), q, k, v),
+          grads(lambda q, k, v: plain_attend(q[:, :, 2:], k, v, mask), q, k, v))
+    full = attention_mask(6, 6, tf.bool)[None, None]
+    close(grads(causal_halves, q, k, v), grads(lambda q, k, v: plain_attend(q, k, v, full), q, k, v))
