@@ -15,13 +15,25 @@ import sample as sample_script
 from gpt2_tf import get_encoder
 from gpt2_tf.checkpoint import load_model
 from gpt2_tf.generate import generate_texts, run
-from gpt2_tf.sample import Generator, choose, sample_sequence, top_k_logits, top_p_logits
+from gpt2_tf.sample import Generator, argmax, choose, sample_sequence, top_k_logits, top_p_logits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def kept(filtered):
     return (np.asarray(filtered) > -1e9).tolist()
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_argmax_is_the_first_largest(jit):
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 4, size=(6, 50257)).astype(np.float32)  # many ties
+    x[1] = -1e10
+    x[2, 7] = np.inf
+    x[3] = rng.normal(size=50257)
+    got = tf.function(argmax, jit_compile=jit)(tf.constant(x)).numpy()
+    np.testing.assert_array_equal(got, np.argmax(x, axis=-1))
+    assert got.dtype == np.int32
 
 
 def test_top_k_keeps_the_k_largest_and_ties():
