@@ -77,16 +77,18 @@ def _bisect(ok, lo, hi):
     return lo
 
 
-def choose(logits, temperature, top_k, top_p, seed):
+def choose(logits, temperature, top_k, top_p, seed, rng="philox"):
     """Draw one token per row from logits [B, V] float32 -> [B] int32. `seed` is a [2] int32 tensor.
 
     Drawn with the Gumbel-max trick (the argmax of the logits plus Gumbel noise follows the softmax
-    distribution exactly), which needs no sort or cumulative sum.
+    distribution exactly), which needs no sort or cumulative sum. `rng` is the random number
+    algorithm: "philox" (TensorFlow's kernels) or "threefry" (XLA only, where it is several times
+    faster than Philox on a CPU: 0.8 against 6.8 ms per draw of 8 x 50,257 numbers).
     """
     if temperature == 0:
         return argmax(logits)
     logits = top_p_logits(top_k_logits(logits / temperature, top_k), top_p)
-    uniform = tf.random.stateless_uniform(tf.shape(logits), seed, minval=1e-20, maxval=1.0, alg="philox")
+    uniform = tf.random.stateless_uniform(tf.shape(logits), seed, minval=1e-20, maxval=1.0, alg=rng)
     return argmax(logits - tf.math.log(-tf.math.log(uniform)))
 
 
@@ -135,10 +137,12 @@ class Generator:
     def _function(self, kind, temperature, top_k, top_p):
         key = (kind, float(temperature), int(top_k), float(top_p))
         if key not in self._functions:
-            options = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+            xla = self.jit_compile and kind == "extend"
+            options = dict(temperature=temperature, top_k=top_k, top_p=top_p,
+                           rng="threefry" if xla else "philox")
             step = _prompt_step if kind == "start" else _decode_steps
             self._functions[key] = tf.function(lambda *args: step(self.model, *args, **options),
-                                               jit_compile=self.jit_compile and kind == "extend")
+                                               jit_compile=xla)
         return self._functions[key]
 
     def cache_size(self, positions):
@@ -212,7 +216,7 @@ class GenerationState:
         return self.tokens[:, :self.length].numpy()
 
 
-def _prompt_step(model, padded, prompt_length, size, seed, temperature, top_k, top_p):
+def _prompt_step(model, padded, prompt_length, size, seed, temperature, top_k, top_p, rng):
     """Fill a new cache of `size` positions with the (padded) prompt and draw the token after it.
 
     padded [B, P] (P <= size) -> (tokens [B, size + 1], cache: L x [B, 2, H, size, D]).
@@ -223,13 +227,13 @@ def _prompt_step(model, padded, prompt_length, size, seed, temperature, top_k, t
     cache = [tf.zeros(cache_shape, model.compute_dtype) for _ in range(hp.n_layer)]
     out = model(padded, past=cache, past_length=tf.constant(0))
     logits = out["logits"][:, prompt_length - 1]
-    token = choose(logits, temperature, top_k, top_p, tf.stack([seed, prompt_length]))
+    token = choose(logits, temperature, top_k, top_p, tf.stack([seed, prompt_length]), rng)
     tokens = tf.concat([padded[:, :prompt_length], tf.zeros([batch, size + 1 - prompt_length], tf.int32)], 1)
     tokens = _write(tokens, token, prompt_length)
     return tokens, out["present"]
 
 
-def _decode_steps(model, tokens, cache, length, n, seed, temperature, top_k, top_p):
+def _decode_steps(model, tokens, cache, length, n, seed, temperature, top_k, top_p, rng):
     """Draw n tokens one at a time after the first `length` tokens of tokens [B, S + 1].
 
     Each step feeds the last known token at its position and writes its keys and values into the
@@ -239,7 +243,7 @@ def _decode_steps(model, tokens, cache, length, n, seed, temperature, top_k, top
     def body(i, tokens, cache):
         position = length + i - 1  # the last known token, not yet in the cache
         out = model(tokens[:, position, tf.newaxis], past=cache, past_length=position)
-        token = choose(out["logits"][:, 0], temperature, top_k, top_p, tf.stack([seed, position + 1]))
+        token = choose(out["logits"][:, 0], temperature, top_k, top_p, tf.stack([seed, position + 1]), rng)
         return i + 1, _write(tokens, token, position + 1), out["present"]
 
     _, tokens, cache = tf.while_loop(lambda i, *_: i < n, body, (tf.constant(0), tokens, cache))

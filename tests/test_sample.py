@@ -67,18 +67,20 @@ def test_top_k_then_top_p():
     assert kept(top_p_logits(top_k_logits(logits, 3), 0.7)) == [[True, True, False, False]]
 
 
-def test_sampling_frequencies_match_the_distribution():
+@pytest.mark.parametrize("jit, rng", [(False, "philox"), (True, "threefry")])
+def test_sampling_frequencies_match_the_distribution(jit, rng):
     probs = np.array([0.5, 0.25, 0.15, 0.07, 0.03])
     n = 40_000
     logits = tf.constant(np.tile(np.log(probs), (n, 1)), tf.float32)
-    counts = np.bincount(choose(logits, 1.0, 0, 1.0, tf.constant([1, 2])).numpy(), minlength=5)
+    draw = tf.function(lambda *args: choose(*args, rng=rng), jit_compile=jit)
+    counts = np.bincount(draw(logits, 1.0, 0, 1.0, tf.constant([1, 2])).numpy(), minlength=5)
     chi2 = (((counts - n * probs) ** 2) / (n * probs)).sum()
     assert chi2 < 18.5  # the 0.999 quantile of chi-square with 4 degrees of freedom
-    counts = np.bincount(choose(logits, 1.0, 2, 1.0, tf.constant([3, 4])).numpy(), minlength=5)
+    counts = np.bincount(draw(logits, 1.0, 2, 1.0, tf.constant([3, 4])).numpy(), minlength=5)
     assert counts[2:].sum() == 0 and abs(counts[0] / n - 2 / 3) < 0.015
     # Temperature 2 flattens: the frequencies follow probs ** (1/2), renormalised.
     flat = np.sqrt(probs) / np.sqrt(probs).sum()
-    counts = np.bincount(choose(logits, 2.0, 0, 1.0, tf.constant([5, 6])).numpy(), minlength=5)
+    counts = np.bincount(draw(logits, 2.0, 0, 1.0, tf.constant([5, 6])).numpy(), minlength=5)
     assert (((counts - n * flat) ** 2) / (n * flat)).sum() < 18.5
 
 
