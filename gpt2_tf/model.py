@@ -239,10 +239,10 @@ class Attention(keras.layers.Layer):
         precision.
         """
         q = q * tf.cast(1 / math.sqrt(shape_list(q)[-1]), q.dtype)
-        nd, ns = q.shape[2], k.shape[2]
-        if past_length is None and nd == ns and nd is not None and nd % 2 == 0 and nd >= 256:
-            return causal_halves(q, k, v)
         nd, ns = shape_list(q)[2], shape_list(k)[2]
+        whole = past_length is None and isinstance(nd, int) and isinstance(ns, int) and nd == ns
+        if whole and nd % 2 == 0 and nd >= 256:
+            return causal_halves(q, k, v)
         b = tf.reshape(attention_mask(nd, ns, tf.bool, past_length), [1, 1, nd, ns])
         return attend(q, k, v, b)
 
