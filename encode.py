@@ -6,7 +6,7 @@ The .npz file can be given to train.py --dataset instead of the text, which then
 
 import argparse
 
-from gpt2_tf.cli import run_or_exit
+from gpt2_tf.cli import add_text_flags, run_or_exit
 from gpt2_tf.dataset import DatasetError, default_jobs, encode_dataset
 
 
@@ -21,10 +21,7 @@ def main():
     parser.add_argument("--combine", metavar="CHARS", type=int, default=50000,
                         help="join text files, separated by <|endoftext|>, into chunks of at least this "
                              "many characters")
-    parser.add_argument("--encoding", type=str, default="utf-8", help="text encoding of the input files")
-    parser.add_argument("--errors", choices=["strict", "replace"], default="strict",
-                        help="what to do with bytes that are not valid in --encoding: stop with an error, "
-                             "or replace them with U+FFFD")
+    add_text_flags(parser)
     parser.add_argument("--literal_endoftext", action="store_true",
                         help="separate files with the text <|endoftext|> (7 ordinary tokens), as the "
                              "original did, instead of the <|endoftext|> token; for reproducing old datasets")

@@ -9,7 +9,7 @@ train.py and sample.py use the new vocabulary with `--model_name mine` (train.py
 import argparse
 
 from gpt2_tf.bpe import train_bpe
-from gpt2_tf.cli import run_or_exit
+from gpt2_tf.cli import add_text_flags, run_or_exit
 from gpt2_tf.dataset import DatasetError
 
 
@@ -28,10 +28,7 @@ def main():
     parser.add_argument("--min_frequency", metavar="N", type=int, default=2,
                         help="never merge a pair that occurs fewer times (the vocabulary may then be "
                              "smaller than --vocab_size)")
-    parser.add_argument("--encoding", type=str, default="utf-8", help="text encoding of the input files")
-    parser.add_argument("--errors", choices=["strict", "replace"], default="strict",
-                        help="what to do with bytes that are not valid in --encoding: stop with an error, "
-                             "or replace them with U+FFFD")
+    add_text_flags(parser)
     for name, default in [("n_ctx", 1024), ("n_embd", 768), ("n_head", 12), ("n_layer", 12)]:
         parser.add_argument(f"--{name}", metavar="N", type=int, default=default,
                             help=f"{name} written to hparams.json, for training a new model")
