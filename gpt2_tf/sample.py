@@ -22,13 +22,18 @@ from gpt2_tf.model import softmax
 BUCKET = 64
 
 
-def top_k_logits(logits, k):
+def top_k_logits(logits, k, xla=False):
     """Keep the k largest logits of each row, set the rest to -1e10. logits [B, V] -> [B, V].
 
     k = 0 keeps everything. Logits equal to the k-th largest are kept, so ties can keep more than k.
+    The k-th largest comes from tf.math.top_k, or, when `xla` (which sorts slowly on a CPU), from a
+    bisection: the same value either way.
     """
     if k == 0:
         return logits
+    if not xla:
+        kth = tf.math.top_k(logits, tf.minimum(k, tf.shape(logits)[-1])).values[:, -1:]
+        return tf.where(logits >= kth, logits, tf.cast(-1e10, logits.dtype))
     keys = _order_keys(logits)
     # The k-th largest key of each row: the largest t with at least k keys >= t.
     kth = _bisect(lambda t: tf.reduce_sum(tf.cast(keys >= t, tf.int32), axis=-1, keepdims=True) >= k,
@@ -77,17 +82,19 @@ def _bisect(ok, lo, hi):
     return lo
 
 
-def choose(logits, temperature, top_k, top_p, seed, rng="philox"):
+def choose(logits, temperature, top_k, top_p, seed, xla=False):
     """Draw one token per row from logits [B, V] float32 -> [B] int32. `seed` is a [2] int32 tensor.
 
     Drawn with the Gumbel-max trick (the argmax of the logits plus Gumbel noise follows the softmax
-    distribution exactly), which needs no sort or cumulative sum. `rng` is the random number
-    algorithm: "philox" (TensorFlow's kernels) or "threefry" (XLA only, where it is several times
-    faster than Philox on a CPU: 0.8 against 6.8 ms per draw of 8 x 50,257 numbers).
+    distribution exactly), which needs no sort or cumulative sum. `xla` says the caller compiles
+    with XLA. The random numbers then come from Threefry, which only XLA has and which is several
+    times faster there than Philox on a CPU (0.8 against 6.8 ms per draw of 8 x 50,257 numbers);
+    otherwise from TensorFlow's Philox kernels.
     """
     if temperature == 0:
         return argmax(logits)
-    logits = top_p_logits(top_k_logits(logits / temperature, top_k), top_p)
+    logits = top_p_logits(top_k_logits(logits / temperature, top_k, xla), top_p)
+    rng = "threefry" if xla else "philox"
     uniform = tf.random.stateless_uniform(tf.shape(logits), seed, minval=1e-20, maxval=1.0, alg=rng)
     return argmax(logits - tf.math.log(-tf.math.log(uniform)))
 
@@ -138,8 +145,7 @@ class Generator:
         key = (kind, float(temperature), int(top_k), float(top_p))
         if key not in self._functions:
             xla = self.jit_compile and kind == "extend"
-            options = dict(temperature=temperature, top_k=top_k, top_p=top_p,
-                           rng="threefry" if xla else "philox")
+            options = dict(temperature=temperature, top_k=top_k, top_p=top_p, xla=xla)
             step = _prompt_step if kind == "start" else _decode_steps
             self._functions[key] = tf.function(lambda *args: step(self.model, *args, **options),
                                                jit_compile=xla)
@@ -216,24 +222,24 @@ class GenerationState:
         return self.tokens[:, :self.length].numpy()
 
 
-def _prompt_step(model, padded, prompt_length, size, seed, temperature, top_k, top_p, rng):
+def _prompt_step(model, padded, prompt_length, size, seed, temperature, top_k, top_p, xla):
     """Fill a new cache of `size` positions with the (padded) prompt and draw the token after it.
 
-    padded [B, P] (P <= size) -> (tokens [B, size + 1], cache: L x [B, 2, H, size, D]).
+    padded [B, P] (P <= size) -> (tokens [B, size + 1], cache: L pairs (keys, values) of [B * H, size, D]).
     """
     hp = model.hparams
     batch = tf.shape(padded)[0]
-    cache_shape = [batch, 2, hp.n_head, size, hp.n_embd // hp.n_head]
-    cache = [tf.zeros(cache_shape, model.compute_dtype) for _ in range(hp.n_layer)]
+    cache_shape = [batch * hp.n_head, size, hp.n_embd // hp.n_head]
+    cache = [(tf.zeros(cache_shape, model.compute_dtype),) * 2 for _ in range(hp.n_layer)]
     out = model(padded, past=cache, past_length=tf.constant(0))
     logits = out["logits"][:, prompt_length - 1]
-    token = choose(logits, temperature, top_k, top_p, tf.stack([seed, prompt_length]), rng)
+    token = choose(logits, temperature, top_k, top_p, tf.stack([seed, prompt_length]), xla)
     tokens = tf.concat([padded[:, :prompt_length], tf.zeros([batch, size + 1 - prompt_length], tf.int32)], 1)
     tokens = _write(tokens, token, prompt_length)
     return tokens, out["present"]
 
 
-def _decode_steps(model, tokens, cache, length, n, seed, temperature, top_k, top_p, rng):
+def _decode_steps(model, tokens, cache, length, n, seed, temperature, top_k, top_p, xla):
     """Draw n tokens one at a time after the first `length` tokens of tokens [B, S + 1].
 
     Each step feeds the last known token at its position and writes its keys and values into the
@@ -243,7 +249,7 @@ def _decode_steps(model, tokens, cache, length, n, seed, temperature, top_k, top
     def body(i, tokens, cache):
         position = length + i - 1  # the last known token, not yet in the cache
         out = model(tokens[:, position, tf.newaxis], past=cache, past_length=position)
-        token = choose(out["logits"][:, 0], temperature, top_k, top_p, tf.stack([seed, position + 1]), rng)
+        token = choose(out["logits"][:, 0], temperature, top_k, top_p, tf.stack([seed, position + 1]), xla)
         return i + 1, _write(tokens, token, position + 1), out["present"]
 
     _, tokens, cache = tf.while_loop(lambda i, *_: i < n, body, (tf.constant(0), tokens, cache))
