@@ -48,7 +48,8 @@ def read(path):
 def restore(model, path):
     """Load every weight of `model` from a checkpoint (folder or prefix), by TF1 name.
 
-    Every tensor must be there with the right shape, and the checkpoint must hold nothing else;
+    Every tensor must be there with the original's shape (the Conv1D weights [1, nx, nf], which the
+    model keeps as [nx, nf]), and the checkpoint must hold nothing else;
     otherwise one CheckpointError names all the differences and the model is left unchanged.
     Returns the prefix that was read.
     """
@@ -56,6 +57,7 @@ def restore(model, path):
     reader = tf.train.load_checkpoint(prefix)
     stored = reader.get_variable_to_shape_map()
     wanted = model.variables_by_name()
+    shapes = model.hparams.variable_shapes()
     problems = []
     missing = sorted(set(wanted) - set(stored))
     unexpected = sorted(set(stored) - set(wanted))
@@ -64,18 +66,19 @@ def restore(model, path):
     if unexpected:
         problems.append(f"unexpected {', '.join(unexpected)}")
     for name in sorted(set(wanted) & set(stored)):
-        want = list(wanted[name].shape)
+        want = shapes[name]
         if list(stored[name]) != want:
             problems.append(f"{name} has shape {list(stored[name])}, the model needs {want}")
     if problems:
         raise CheckpointError(f"checkpoint {prefix} does not fit the model: " + "; ".join(problems))
     for name, variable in wanted.items():
-        variable.assign(tf.cast(reader.get_tensor(name), variable.dtype))
+        variable.assign(tf.cast(reader.get_tensor(name).reshape(variable.shape), variable.dtype))
     return prefix
 
 
 def save(model, prefix, state_file=True, max_to_keep=None):
-    """Write the model's weights to `<prefix>.index` / `<prefix>.data-00000-of-00001`, atomically.
+    """Write the model's weights to `<prefix>.index` / `<prefix>.data-00000-of-00001`, atomically,
+    by TF1 name and in the original's shapes.
 
     The tensors are written under a temporary prefix in the same folder and renamed into place, data
     file first, so a reader sees either the old checkpoint or the complete new one. With
@@ -83,7 +86,9 @@ def save(model, prefix, state_file=True, max_to_keep=None):
     paths, as in the released models), keeping the `max_to_keep` newest entries (None: all).
     Returns the prefix.
     """
-    tensors = {name: tf.cast(v, tf.float32).numpy() for name, v in model.variables_by_name().items()}
+    shapes = model.hparams.variable_shapes()
+    tensors = {name: tf.cast(v, tf.float32).numpy().reshape(shapes[name])
+               for name, v in model.variables_by_name().items()}
     return save_tensors(tensors, prefix, state_file=state_file, max_to_keep=max_to_keep)
 
 

@@ -123,17 +123,25 @@ def describe_state(optimizer):
     return [(v.path, list(v.shape)) for v in _state_variables(optimizer)]
 
 
+def same_shape(a, b):
+    """Whether two state tensors of these shapes fit each other: equal but for axes of size 1.
+
+    Runs saved when the Conv1D weights were kept as [1, nx, nf] (now [nx, nf]) thus resume exactly.
+    """
+    return [d for d in a if d != 1] == [d for d in b if d != 1]
+
+
 def load_optimizer_state(optimizer, arrays):
     """Assign a list of arrays (as from `optimizer_state`, same order) to a built optimizer."""
     variables = _state_variables(optimizer)
     if len(variables) != len(arrays):
         raise ValueError(f"optimizer state has {len(arrays)} tensors, the optimizer {len(variables)}")
     for variable, value in zip(variables, arrays):
-        if list(variable.shape) != list(np.shape(value)):
+        if not same_shape(variable.shape, np.shape(value)):
             raise ValueError(f"optimizer state for {variable.path} has shape {list(np.shape(value))}, "
                              f"expected {list(variable.shape)}")
     for variable, value in zip(variables, arrays):
-        variable.assign(value)
+        variable.assign(np.reshape(value, variable.shape))
 
 
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):

@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from gpt2_tf import checkpoint
 from gpt2_tf.files import atomic_write
-from gpt2_tf.optim import describe_state, load_optimizer_state, optimizer_state
+from gpt2_tf.optim import describe_state, load_optimizer_state, optimizer_state, same_shape
 
 TRAIN_SUFFIX = ".train"
 WEIGHT_SUFFIXES = (".index", ".data-00000-of-00001", ".meta")
@@ -120,13 +120,14 @@ def load_train_state(prefix):
 def restore_optimizer(optimizer, name, state, arrays):
     """Load saved optimizer arrays if they fit this optimizer (`name`, as in --optimizer).
 
-    They fit when they were saved by the same kind of optimizer with the same tensor shapes in the
-    same order (variable paths are not compared: Keras numbers them per process). Returns None, or
-    the reason they do not fit.
+    They fit when they were saved by the same kind of optimizer with the same tensor shapes (but for
+    axes of size 1) in the same order (variable paths are not compared: Keras numbers them per
+    process). Returns None, or the reason they do not fit.
     """
     saved = [list(shape) for _, shape in state["optimizer_variables"]]
     mine = [list(shape) for _, shape in describe_state(optimizer)]
-    if state["optimizer"] != name or saved != mine:
+    fits = len(saved) == len(mine) and all(same_shape(a, b) for a, b in zip(saved, mine))
+    if state["optimizer"] != name or not fits:
         return (f"it was saved by {state['optimizer']} with {len(saved)} tensors; {name} here has "
                 f"{len(mine)} (another optimizer, precision or set of trained variables)")
     load_optimizer_state(optimizer, arrays)

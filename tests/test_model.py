@@ -85,8 +85,13 @@ def test_pieces_have_the_original_numerics():
     expect = (xn - xn.mean(-1, keepdims=True)) / np.sqrt(xn.var(-1, keepdims=True) + 1e-5)
     np.testing.assert_allclose(y, expect, atol=1e-5)
     conv = Conv1D(8, 6)
-    assert conv.w.shape == (1, 8, 6) and conv.b.shape == (6,)
-    np.testing.assert_allclose(conv(x).numpy(), xn @ conv.w.numpy()[0], atol=1e-4)
+    assert conv.w.shape == (8, 6) and conv.b.shape == (6,)
+    conv.b.assign(np.arange(6, dtype=np.float32) - 2.5)
+    expect = xn @ conv.w.numpy() + conv.b.numpy()
+    np.testing.assert_allclose(conv(x).numpy(), expect, atol=1e-4)
+    for jit in (False, True):  # one row takes its own path
+        one_row = tf.function(conv, jit_compile=jit)(x[:1, :1]).numpy()
+        np.testing.assert_allclose(one_row, expect[:1, :1], atol=1e-4)
     np.testing.assert_array_equal(attention_mask(2, 4, tf.float32).numpy(), [[1, 1, 1, 0], [1, 1, 1, 1]])
 
 
@@ -144,7 +149,8 @@ def test_gradients_match_numpy_finite_differences():
     with tf.GradientTape() as tape:
         loss = loss_sum(model, tf.constant(tokens), tf.constant(tokens)) / (2 * 255)
     grads = dict(zip(names, tape.gradient(loss, list(names.values()))))
-    weights = {name: v.numpy().astype(np.float64) for name, v in names.items()}
+    shapes = hp.variable_shapes()  # the original's, as numpy_gpt2 reads them
+    weights = {name: v.numpy().astype(np.float64).reshape(shapes[name]) for name, v in names.items()}
     assert abs(float(loss) - next_token_loss(weights, hp.to_dict(), tokens)) < 1e-5
     rng = np.random.default_rng(3)
     eps = 1e-4
@@ -154,7 +160,7 @@ def test_gradients_match_numpy_finite_differences():
         moved = [{**weights, name: weights[name] + sign * eps * direction} for sign in (1, -1)]
         losses = [next_token_loss(w, hp.to_dict(), tokens) for w in moved]
         numeric = (losses[0] - losses[1]) / (2 * eps)
-        analytic = float(np.sum(tf.convert_to_tensor(grads[name]).numpy() * direction))
+        analytic = float(np.sum(tf.convert_to_tensor(grads[name]).numpy().reshape(shapes[name]) * direction))
         assert abs(analytic - numeric) < 1e-4 * abs(numeric) + 1e-6, (name, analytic, numeric)
 
 

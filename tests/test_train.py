@@ -32,7 +32,7 @@ from gpt2_tf.train import (
     run,
     trained_variables,
 )
-from gpt2_tf.train_state import RunCheckpoints, load_train_state, read_counter
+from gpt2_tf.train_state import RunCheckpoints, load_train_state, read_counter, restore_optimizer
 
 STEP_LINE = re.compile(r"^\[(\d+) \| \d+\.\d\d\] loss=(\d+\.\d\d) avg=(\d+\.\d\d)$")
 VAL_LINE = re.compile(r"^\[(\d+) \| \d+\.\d\d\] validation loss = \d+\.\d\d$")
@@ -310,6 +310,27 @@ def test_memory_saving_gradients_equal_plain_ones(tiny_model):
     assert_same_weights(results[0][1], results[1][1], atol=1e-6)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adafactor"])
+def test_optimizer_state_with_width_1_axes_still_loads(tiny_model, optimizer):
+    """Optimizer states saved when the conv1d weights were [1, nx, nf] (now [nx, nf]) resume exactly."""
+    _, opt, variables = tiny_setup(tiny_model, optimizer=optimizer)
+    shapes = HParams(**TINY_HPARAMS).variable_shapes()
+    # The same optimizer built on variables of the original's shapes: the layout of such a state.
+    old_opt = make_optimizer(optimizer, 0.0)
+    old_opt.build([keras.Variable(np.zeros(shapes[name], np.float32)) for name in variables])
+    rng = np.random.default_rng(0)
+    saved = [(p, (v + 7 if v.dtype.kind == "i" else rng.normal(size=v.shape)).astype(v.dtype))
+             for p, v in optimizer_state(old_opt)]  # the iteration count, then the moments
+    state = {"optimizer": optimizer, "optimizer_variables": [[p, list(v.shape)] for p, v in saved]}
+    now = [list(v.shape) for _, v in optimizer_state(opt)]
+    assert [shape for _, shape in state["optimizer_variables"]] != now
+    assert restore_optimizer(opt, optimizer, state, [v for _, v in saved]) is None
+    for (_, mine), (_, old) in zip(optimizer_state(opt), saved):
+        np.testing.assert_array_equal(mine, old.reshape(mine.shape))
+    state["optimizer_variables"][-1][1].append(2)  # a real difference is still refused
+    assert "saved by" in restore_optimizer(opt, optimizer, state, [v for _, v in saved])
+
+
 def test_factored_adafactor_updates_as_keras_adafactor_with_less_state():
     shapes = [(5,), (4, 6), (1, 3, 7)]
 
@@ -371,7 +392,8 @@ def test_save_is_atomic_when_any_file_operation_fails(tmp_path, tiny_model, data
     old = weights(str(pristine / "model-2"))
     model, opt, _ = tiny_setup(tiny_model, optimizer="adam")
     model.wte.assign(model.wte + 1.0)
-    new = {name: v.numpy() for name, v in model.variables_by_name().items()}
+    shapes = model.hparams.variable_shapes()
+    new = {name: v.numpy().reshape(shapes[name]) for name, v in model.variables_by_name().items()}
 
     targets = [(os, "replace"), (os, "rename"), (os, "remove"), (os, "mkdir"), (shutil, "rmtree"),
                (shutil, "copyfile"), (tf.raw_ops, "SaveV2")]
