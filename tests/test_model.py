@@ -201,3 +201,24 @@ def test_pieces_with_custom_gradients_match_autodiff():
           grads(lambda q, k, v: plain_attend(q[:, :, 2:], k, v, mask), q, k, v))
     full = attention_mask(6, 6, tf.bool)[None, None]
     close(grads(causal_halves, q, k, v), grads(lambda q, k, v: plain_attend(q, k, v, full), q, k, v))
+
+
+def test_gelu_and_norm_gradients_in_bfloat16():
+    """In bfloat16 (mixed-precision training) the gradients keep their type and the float32 values."""
+    rng = np.random.default_rng(6)
+    x32 = tf.constant(rng.normal(size=(3, 16)) * 2, tf.float32)
+    g32, b32 = tf.constant(rng.normal(size=16), tf.float32), tf.constant(rng.normal(size=16), tf.float32)
+    dy32 = tf.constant(rng.normal(size=(3, 16)), tf.float32)
+    x, g, b, dy = (tf.cast(t, tf.bfloat16) for t in (x32, g32, b32, dy32))
+    for f, args, args32 in [(gelu, [x], [tf.cast(x, tf.float32)]),
+                            (lambda x, g, b: norm(x, g, b, tf.constant(1e-5, x.dtype)), [x, g, b],
+                             [tf.cast(t, tf.float32) for t in (x, g, b)])]:
+        with tf.GradientTape() as tape:
+            tape.watch(args)
+            ours = tape.gradient(f(*args), args, output_gradients=dy)
+        with tf.GradientTape() as tape:
+            tape.watch(args32)
+            expected = tape.gradient(f(*args32), args32, output_gradients=tf.cast(dy, tf.float32))
+        for a, e in zip(ours, expected):
+            assert a.dtype == tf.bfloat16
+            np.testing.assert_allclose(tf.cast(a, tf.float32).numpy(), e.numpy(), rtol=2e-2, atol=2e-2)
