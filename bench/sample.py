@@ -2,9 +2,9 @@
 """Sampling speed: gpt2-tf against Hugging Face transformers (PyTorch) and KerasHub, in the same run.
 
 A model with the 124M shape and random weights, a 16-token prompt, 256 new tokens, top_k 40, at batch
-1 and batch 8. Reported: new tokens per second (after a warm-up call) and time to first token, cold
-(first call in a fresh process, compilation included) and warm. Every configuration runs in its own
-process; with --repeats N each is run N times and the median is shown.
+1 and batch 8. Reported: new tokens per second (the median of 3 calls after a warm-up call) and time
+to first token, cold (first call in a fresh process, compilation included) and warm. Every
+configuration runs in its own process; with --repeats N each is run N times and the median is shown.
 
     bash bench/setup_peers.sh        # once: the peers' environments, outside the repository
     python bench/sample.py           # all of ours and both peers
@@ -38,8 +38,11 @@ def prompt(batch):
     return np.random.default_rng(0).integers(0, 50257, size=(batch, PROMPT))
 
 
-def measure(first_token, generate):
-    """Times a generate(batch) callable: cold and warm time to first token, then new tokens/s."""
+def measure(first_token, generate, calls=3):
+    """Times a generate(batch) callable: cold and warm time to first token, then new tokens/s.
+
+    Tokens/s is the median of `calls` timed calls (this shared machine's speed drifts within seconds).
+    """
     results = {}
     for batch in (1, 8):
         start = time.perf_counter()
@@ -49,10 +52,13 @@ def measure(first_token, generate):
         start = time.perf_counter()
         first_token(batch)
         warm = time.perf_counter() - start
-        start = time.perf_counter()
-        generate(batch)
-        seconds = time.perf_counter() - start
-        results[batch] = {"ttft_cold": cold, "ttft_warm": warm, "tokens_per_s": batch * NEW / seconds}
+        seconds = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            generate(batch)
+            seconds.append(time.perf_counter() - start)
+        results[batch] = {"ttft_cold": cold, "ttft_warm": warm,
+                          "tokens_per_s": batch * NEW / statistics.median(seconds)}
     return results
 
 
@@ -163,7 +169,7 @@ def main():
                 ratios += f" {r[b]['tokens_per_s'] / best:>15.2f}x"
         print(f"{name:22} {r['1']['tokens_per_s']:9.1f} {r['8']['tokens_per_s']:9.1f} "
               f"{r['1']['ttft_cold']:9.2f}s {r['1']['ttft_warm']:9.3f}s{ratios}")
-    print(f"({BANDWIDTH_LIMIT_NOTE}; tokens/s after a warm-up call; ttft at batch 1)")
+    print(f"({BANDWIDTH_LIMIT_NOTE}; tokens/s: median of 3 calls after a warm-up call; ttft at batch 1)")
 
 
 if __name__ == "__main__":
