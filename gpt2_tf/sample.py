@@ -37,8 +37,8 @@ def top_k_logits(logits, k, xla=False):
     keys = _order_keys(logits)
     # The k-th largest key of each row: the largest t with at least k keys >= t.
     kth = _bisect(lambda t: tf.reduce_sum(tf.cast(keys >= t, tf.int32), axis=-1, keepdims=True) >= k,
-                  lo=tf.reduce_min(keys, axis=-1, keepdims=True),
-                  hi=tf.reduce_max(keys, axis=-1, keepdims=True) + 1)
+                  lo=_wide(tf.reduce_min(keys, axis=-1, keepdims=True)),
+                  hi=_wide(tf.reduce_max(keys, axis=-1, keepdims=True)) + 1)
     return tf.where(keys >= kth, logits, tf.cast(-1e10, logits.dtype))
 
 
@@ -54,32 +54,39 @@ def top_p_logits(logits, p):
     probs = softmax(tf.cast(logits, tf.float32))
     # Keep the keys above t*, the largest t such that the tokens above t hold at least p.
     above = _bisect(lambda t: tf.reduce_sum(tf.where(keys > t, probs, 0.0), axis=-1, keepdims=True) >= p,
-                    lo=tf.reduce_min(keys, axis=-1, keepdims=True) - 1,
-                    hi=tf.reduce_max(keys, axis=-1, keepdims=True))
+                    lo=_wide(tf.reduce_min(keys, axis=-1, keepdims=True)) - 1,
+                    hi=_wide(tf.reduce_max(keys, axis=-1, keepdims=True)))
     return tf.where(keys > above, logits, tf.cast(-1e10, logits.dtype))
 
 
 def _order_keys(logits):
-    """int64 keys in the order of the float logits [B, V] (the float bits, negatives flipped).
+    """int32 keys in the order of the float logits [B, V]: the float bits, negatives' magnitude bits
+    flipped.
 
     Thresholds are found by bisection on these keys rather than by sorting the vocabulary, which
     XLA does slowly on a CPU; the result is the same.
     """
-    bits = tf.cast(tf.bitcast(tf.cast(logits, tf.float32), tf.int32), tf.int64)
-    return tf.where(bits < 0, -1 - (bits + 2**31), bits)
+    bits = tf.bitcast(tf.cast(logits, tf.float32), tf.int32)
+    return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, 0x7FFFFFFF), bits)
+
+
+def _wide(keys):
+    """Keys as int64, so that bounds one beyond them and midpoints cannot overflow."""
+    return tf.cast(keys, tf.int64)
 
 
 def _bisect(ok, lo, hi):
     """The largest t in [lo, hi) with ok(t), per row, for ok true up to some t and false above.
 
-    lo, hi: [B, 1] int64 with ok(lo) true and ok(hi) false. 33 halvings cover any int32 range.
+    lo, hi: [B, 1] int64 with ok(lo) true and ok(hi) false; ok takes t as int32 (a key).
+    33 halvings cover any int32 range. Returns t, [B, 1] int32.
     """
     for _ in range(33):
         mid = (lo + hi) // 2
-        good = ok(mid)
+        good = ok(tf.cast(mid, tf.int32))
         lo = tf.where(good, mid, lo)
         hi = tf.where(good, hi, mid)
-    return lo
+    return tf.cast(lo, tf.int32)
 
 
 def choose(logits, temperature, top_k, top_p, seed, xla=False):
