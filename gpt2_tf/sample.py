@@ -120,9 +120,9 @@ def argmax(x):
 def default_jit_compile(dtype="float32"):
     """Whether to compile the decoding loop with XLA (measured with bench/sample.py).
 
-    Yes on GPU and TPU, and for float32 on CPU (fused kernels and a cache updated in place: about
-    twice as fast as TensorFlow's graph). Not for bfloat16 on CPU, where XLA's matrix-vector products
-    are several times slower than oneDNN's.
+    Yes on GPU and TPU, and for float32 on CPU (fused kernels and a cache updated in place: 87 and
+    313 tokens/s at batch 1 and 8 against 70 and 250 as a TensorFlow graph). Not for bfloat16 on CPU,
+    where XLA's matrix-vector products are several times slower than oneDNN's.
     """
     if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
         return True
