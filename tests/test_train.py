@@ -32,6 +32,9 @@ from gpt2_tf.train import (
     run,
     trained_variables,
 )
+from gpt2_tf.train import (
+    cross_entropy as fused_cross_entropy,
+)
 from gpt2_tf.train_state import RunCheckpoints, load_train_state, read_counter, restore_optimizer
 
 STEP_LINE = re.compile(r"^\[(\d+) \| \d+\.\d\d\] loss=(\d+\.\d\d) avg=(\d+\.\d\d)$")
@@ -280,6 +283,25 @@ def cross_entropy(logits, labels):
     log_z = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]
     picked = np.take_along_axis(logits, labels[:, 1:, None], -1)[..., 0]
     return float(np.mean(log_z - picked))
+
+
+def test_cross_entropy_matches_tensorflows():
+    rng = np.random.default_rng(7)
+    logits = tf.constant(rng.normal(size=(6, 300)) * 5, tf.float32)
+    labels = tf.constant(rng.integers(0, 300, size=6), tf.int32)
+    weights = tf.constant(rng.normal(size=6), tf.float32)  # a non-uniform upstream gradient
+    results = []
+    def reference(x, y):
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=x)
+
+    for f in (fused_cross_entropy, reference):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            losses = f(logits, labels)
+            total = tf.reduce_sum(losses * weights)
+        results.append((losses.numpy(), tape.gradient(total, logits).numpy()))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
 
 
 def test_loss_matches_the_numpy_oracle(tiny_model):
