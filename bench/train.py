@@ -9,6 +9,7 @@ peak RSS. Then, for ours only, peak RSS of the 355M / 774M / 1558M shapes with m
     python bench/train.py                          # the full comparison (takes a while)
     python bench/train.py --steps 3 --warmup 1     # a quick check
     python bench/train.py --peers ours --large ""  # only ours, no large shapes
+    python bench/train.py --large "" --repeats 3   # three interleaved rounds, medians compared
 
 The peers need their own environments, never the project's; bench/setup_peers.sh makes them under
 $GPT2_BENCH_ENVS (default ~/.cache/gpt2-tf-bench):
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -163,6 +165,16 @@ def estimate_mib(shape, optimizer):
     return params * 4 * copies / 2**20 + 3072
 
 
+def median_result(results):
+    """One result from the runs of a configuration: median speed, largest peak RSS."""
+    good = [r for r in results if "error" not in r]
+    if not good:
+        return results[0]
+    middle = statistics.median_low(sorted(r["tokens_per_s"] for r in good))
+    chosen = next(r for r in good if r["tokens_per_s"] == middle)
+    return {**chosen, "peak_rss_mib": max(r["peak_rss_mib"] for r in good)}
+
+
 def report(label, result):
     if "error" in result:
         print(f"{label:40s} failed: {result['error']}", flush=True)
@@ -176,6 +188,8 @@ def main():
     p.add_argument("--steps", type=int, default=10, help="timed updates per configuration")
     p.add_argument("--warmup", type=int, default=2, help="untimed updates first (compilation)")
     p.add_argument("--peers", default="ours,hf,kerashub", help="which implementations to run")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds over all configurations, one process each; medians are compared")
     p.add_argument("--large", default="355M:adam,774M:adam,1558M:sgd,1558M:adafactor",
                    help="SHAPE:OPTIMIZER pairs measured with memory saving ('' for none)")
     envs = os.environ.get("GPT2_BENCH_ENVS", os.path.expanduser("~/.cache/gpt2-tf-bench"))
@@ -207,9 +221,19 @@ def main():
                     ("KerasHub GPT2CausalLM graph", "kerashub", {"jit_compile": False})]
     if "hf" in peers:
         configs += [("HF GPT2LMHeadModel torch eager", "hf", {})]
-    for label, name, opts in configs:
-        results[label] = launch(name, opts, args)
-        report(label, results[label])
+    runs = {label: [] for label, _, _ in configs}
+    for round_ in range(args.repeats):
+        if args.repeats > 1:
+            print(f"round {round_ + 1} of {args.repeats}:", flush=True)
+        for label, name, opts in configs:
+            runs[label].append(launch(name, opts, args))
+            report(label, runs[label][-1])
+    if args.repeats > 1:
+        print(f"\nMedians of {args.repeats} processes (peak RSS: the largest):")
+    for label in runs:
+        results[label] = median_result(runs[label])
+        if args.repeats > 1:
+            report(label, results[label])
 
     def value(labels, key="tokens_per_s", pick=max):
         found = [results[label][key] for label in labels if key in results.get(label, {})]

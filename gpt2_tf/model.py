@@ -9,11 +9,14 @@ Shapes: B batch, T new positions, P past positions, C = n_embd, H = n_head, D = 
 V = n_vocab.
 """
 
+import functools
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla  # dynamic_update_slice: in-place cache writes
+from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext
 
 from gpt2_tf.hparams import HParams
 
@@ -173,7 +176,7 @@ class Conv1D(keras.layers.Layer):
 
 
 def mask_attn_weights(w, b):
-    """Set the scores of future keys to -1e10. w: [..., T, S] float32, b: [T, S] bool.
+    """Set the scores of future keys to -1e10. w: [..., T, S] float32 or bfloat16, b: [T, S] bool.
 
     The values of the original's w * b - 1e10 * (1 - b), as one select that keeps no copy of w
     for the backward pass.
@@ -182,9 +185,45 @@ def mask_attn_weights(w, b):
 
 
 def attention_weights(q, k, b):
-    """softmax(mask(q k^T)): q [..., T, D], k [..., S, D], b [T, S] -> [..., T, S] float32."""
-    w = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32)
+    """softmax(mask(q k^T)): q [..., T, D], k [..., S, D], b [T, S] -> [..., T, S].
+
+    In float32, or in bfloat16 when q is bfloat16, outside XLA, and `exact_bfloat16_softmax()`.
+    bfloat16 has float32's range, so -1e10 is safe, and TensorFlow's CPU softmax kernel (oneDNN)
+    computes in float32 and rounds once: the values are exactly those of the float32 softmax rounded
+    to bfloat16, and the [T, S] scores are not converted twice. XLA computes a bfloat16 softmax in
+    bfloat16 (errors of several percent), and float16 cannot hold -1e10: there the scores are
+    converted to float32 (under XLA the conversions are fused).
+    """
+    w = tf.matmul(q, k, transpose_b=True)
+    if w.dtype != tf.bfloat16 or in_xla() or not exact_bfloat16_softmax():
+        w = tf.cast(w, tf.float32)
     return softmax(mask_attn_weights(w, b))
+
+
+def in_xla():
+    """Whether the graph being built is compiled by XLA (in a tf.function with jit_compile=True)."""
+    return GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+@functools.cache
+def exact_bfloat16_softmax():
+    """Whether TensorFlow's bfloat16 softmax on this machine's default device equals its float32
+    softmax rounded to bfloat16 (checked once, on 4 rows of 1024 values). A kernel that summed in
+    bfloat16 would be off by far more than one rounding."""
+    with tf.init_scope():  # eagerly, also when called while a function is traced
+        x = tf.constant(8 * np.sin(np.arange(4 * 1024)).reshape(4, 1024), tf.bfloat16)
+        rounded = tf.cast(tf.nn.softmax(tf.cast(x, tf.float32)), tf.bfloat16)
+        return bool(tf.reduce_all(tf.nn.softmax(x) == rounded))
+
+
+@tf.function(jit_compile=True)
+def softmax_grad(w, dw, row):
+    """The gradient through the softmax, ds_ij = w_ij (dw_ij - row_i), in one fused pass (XLA).
+
+    w: the attention weights, dw: their gradient, both [..., T, S]; row [..., T, 1] float32, the sum
+    over j of w_ij dw_ij. Computed in float32; returns [..., T, S] in dw's dtype.
+    """
+    return tf.cast(tf.cast(w, tf.float32) * (tf.cast(dw, tf.float32) - row), dw.dtype)
 
 
 @tf.custom_gradient
@@ -203,10 +242,10 @@ def attend(q, k, v, b):
             q_again = tf.identity(q)
         w = attention_weights(q_again, k, b)
         dv = tf.matmul(tf.cast(w, v.dtype), da, transpose_a=True)
-        dw = tf.cast(tf.matmul(da, v, transpose_b=True), tf.float32)
-        # Through the softmax: ds_ij = w_ij (dw_ij - sum_j w_ij dw_ij), and sum_j w_ij dw_ij = da_i . a_i.
+        dw = tf.matmul(da, v, transpose_b=True)
+        # Through the softmax: ds_ij = w_ij (dw_ij - row_i), row_i = sum_j w_ij dw_ij = da_i . a_i.
         row = tf.reduce_sum(tf.cast(da, tf.float32) * tf.cast(a, tf.float32), axis=-1, keepdims=True)
-        ds = tf.cast(w * (dw - row), q.dtype)
+        ds = softmax_grad(w, dw, row)
         return tf.matmul(ds, k), tf.matmul(ds, q, transpose_a=True), dv, None
 
     return a, grad
@@ -258,8 +297,8 @@ class Attention(keras.layers.Layer):
         """q [..., T, D], k and v [..., S, D] -> [..., T, D] (the leading axes: batch and heads).
 
         The scores are scaled by 1/sqrt(D) (applied to q, which is cheaper and, for D = 64, exact),
-        masked and softmaxed in float32 whatever the compute dtype, so that -1e10 is safe in half
-        precision.
+        masked and softmaxed in float32 (see `attention_weights` for bfloat16), so that -1e10 is safe
+        in half precision.
         """
         q = q * tf.cast(1 / math.sqrt(shape_list(q)[-1]), q.dtype)
         nd, ns = shape_list(q)[-2], shape_list(k)[-2]
@@ -369,7 +408,8 @@ class GPT2(keras.Model):
 
     `dtype` is a Keras dtype policy: "float32" (default), "bfloat16" (bf16 weights and compute, for
     fast sampling) or "mixed_bfloat16" / "mixed_float16" (float32 weights, half-precision compute,
-    for training). Attention scores, their softmax and the logits are float32 in every case.
+    for training). The attention softmax is computed in float32 and the logits are float32 in every
+    case.
     """
 
     def __init__(self, hparams, residual_scaling=False, **kwargs):

@@ -308,6 +308,12 @@ class TrainStep:
     returns the loss: the mean cross-entropy over the A * B * (T - 1) predictions. The gradient is
     the mean over the same predictions, so A micro-batches of B rows give the update of one batch of
     A * B rows. Each replica takes its share of the B rows; the gradients are summed across replicas.
+
+    In mixed precision the forward and backward passes read `copies`: the trained weights in the
+    compute dtype, made at the first step and rewritten by every update. Otherwise each weight would
+    be converted at each use and its gradient converted back (on CPU, 3% of a bfloat16 update of the
+    124M model). The values are those of the conversions. Weights assigned from outside after the
+    first step are not seen by it: make a new TrainStep then.
     """
 
     def __init__(self, model, optimizer, variables, strategy, batch_size, accumulate, n_ctx,
@@ -333,32 +339,67 @@ class TrainStep:
         if self.replicas == 1 and xla_update:
             self._apply = tf.function(self._apply_gradients, jit_compile=True)
         self._step = tf.function(self._distributed_step)
+        self.copies = None
+
+    def _make_copies(self):
+        """The weights in the compute dtype, when it differs from theirs (mixed precision), else []."""
+        dtype = self.model.compute_dtype
+        if dtype == self.model.variable_dtype:
+            return []
+        with self.strategy.scope():
+            # Trainable, so that the recomputed blocks of memory saving differentiate them; the same
+            # on every replica, so that the first replica's value is the one kept.
+            return [tf.Variable(tf.cast(v, dtype), trainable=True, name=f"{v.name}_{dtype}",
+                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                    for v in self.variables]
+
+    def _reading_copies(self):
+        """A Keras StatelessScope in which each trained weight reads as its copy.
+
+        The copies are put in the scope's mapping as they are: its constructor would convert them
+        to the weights' dtype, and the layers would then convert them back.
+        """
+        scope = keras.StatelessScope()
+        for variable, copy in zip(self.variables, self.copies):
+            scope.state_mapping[id(variable)] = copy
+        return scope
 
     def _micro_batch(self, inputs, labels):
-        """(loss sum, gradients of loss sum / predictions) for one micro-batch [b, T] of one replica."""
-        with tf.GradientTape() as tape:
+        """(loss sum, gradients of loss sum / predictions) for one micro-batch [b, T] of one replica.
+
+        The gradients are those of the copies in mixed precision (in the compute dtype).
+        """
+        # The gradient is taken inside the scope: memory saving recomputes the blocks there.
+        with self._reading_copies(), tf.GradientTape() as tape:
             total = loss_sum(self.model, inputs, labels)
             scaled = total / self.predictions
             if self.loss_scaling:
                 scaled = self.optimizer.scale_loss(scaled)
-        grads = tape.gradient(scaled, self.variables)
+            grads = tape.gradient(scaled, self.copies or self.variables)
         # Embedding gradients come as IndexedSlices; dense ones can be summed and all-reduced.
         return total, [tf.convert_to_tensor(g) for g in grads]
 
+    def _in_variable_dtype(self, grads):
+        """The gradients in their weights' dtype: float32 in mixed precision."""
+        return [tf.cast(g, v.dtype) for g, v in zip(grads, self.variables)]
+
     def _replica_step(self, inputs, labels):
         total, grads = self._gradients(inputs[0], labels[0])
-        if self.accumulate > 1:
+        if self.accumulate > 1:  # the gradients are summed in float32
             def add_micro_batch(i, total, grads):
                 more, more_grads = self._gradients(inputs[i], labels[i])
+                more_grads = self._in_variable_dtype(more_grads)
                 return i + 1, total + more, [g + h for g, h in zip(grads, more_grads)]
 
             _, total, grads = tf.while_loop(lambda i, *_: i < self.accumulate, add_micro_batch,
-                                            (tf.constant(1), total, grads))
+                                            (tf.constant(1), total, self._in_variable_dtype(grads)))
         self._apply(grads)
         return total
 
     def _apply_gradients(self, grads):
-        self.optimizer.apply_gradients(zip(grads, self.variables))
+        self.optimizer.apply_gradients(zip(self._in_variable_dtype(grads), self.variables))
+        for variable, copy in zip(self.variables, self.copies):
+            copy.assign(tf.cast(variable, copy.dtype))
 
     def _distributed_step(self, inputs, labels):
         totals = self.strategy.run(self._replica_step, args=(inputs, labels))
@@ -377,6 +418,8 @@ class TrainStep:
         return self.strategy.experimental_distribute_values_from_function(share)
 
     def __call__(self, inputs, labels):
+        if self.copies is None:
+            self.copies = self._make_copies()
         total = self._step(self.distribute(inputs, 1), self.distribute(labels, 1))
         return float(total) / self.predictions
 

@@ -7,7 +7,18 @@ from numpy_gpt2 import forward, next_token_loss
 
 from gpt2_tf.checkpoint import load_model
 from gpt2_tf.hparams import RELEASED, HParams, load_hparams, model_dir, released
-from gpt2_tf.model import GPT2, Attention, Conv1D, Norm, attend, attention_mask, causal_halves, gelu, norm
+from gpt2_tf.model import (
+    GPT2,
+    Attention,
+    Conv1D,
+    Norm,
+    attend,
+    attention_mask,
+    attention_weights,
+    causal_halves,
+    gelu,
+    norm,
+)
 from gpt2_tf.train import loss_sum
 
 
@@ -222,3 +233,33 @@ def test_gelu_and_norm_gradients_in_bfloat16():
         for a, e in zip(ours, expected):
             assert a.dtype == tf.bfloat16
             np.testing.assert_allclose(tf.cast(a, tf.float32).numpy(), e.numpy(), rtol=2e-2, atol=2e-2)
+
+
+def test_attention_in_bfloat16():
+    """bfloat16 attention weights are the float32 softmax of the bfloat16 scores, rounded once (outside
+    XLA, in bfloat16 when the kernel computes in float32; under XLA, float32); the gradients of
+    `attend` keep their type and match float32 autodiff."""
+    rng = np.random.default_rng(9)
+    q, k, v = (tf.constant(rng.normal(size=(2, 3, 8, 16)) * 2, tf.bfloat16) for _ in range(3))
+    mask = attention_mask(8, 8, tf.bool)
+    scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32)
+    expected = tf.nn.softmax(tf.where(mask, scores, -1e10))
+    eager = attention_weights(q, k, mask)
+    np.testing.assert_array_equal(tf.cast(eager, tf.bfloat16).numpy(), tf.cast(expected, tf.bfloat16).numpy())
+    compiled = tf.function(attention_weights, jit_compile=True)(q, k, mask)
+    assert compiled.dtype == tf.float32
+    np.testing.assert_allclose(compiled.numpy(), expected.numpy(), rtol=1e-5, atol=1e-7)
+
+    dy = tf.constant(rng.normal(size=(2, 3, 8, 16)), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch([q, k, v])
+        ours = tape.gradient(attend(q, k, v, mask), [q, k, v], output_gradients=tf.cast(dy, tf.bfloat16))
+    q32, k32, v32 = (tf.cast(t, tf.float32) for t in (q, k, v))
+    with tf.GradientTape() as tape:
+        tape.watch([q32, k32, v32])
+        w = tf.nn.softmax(tf.where(mask, tf.matmul(q32, k32, transpose_b=True), -1e10))
+        reference = tape.gradient(tf.matmul(w, v32), [q32, k32, v32], output_gradients=dy)
+    for a, e in zip(ours, reference):
+        assert a.dtype == tf.bfloat16
+        scale = np.abs(e.numpy()).max()
+        np.testing.assert_allclose(tf.cast(a, tf.float32).numpy(), e.numpy(), rtol=0, atol=3e-2 * scale)

@@ -27,6 +27,7 @@ from gpt2_tf.train import (
     TrainStep,
     UsageError,
     build_model,
+    loss_sum,
     parse_memlimit,
     randomize,
     run,
@@ -332,6 +333,42 @@ def test_memory_saving_gradients_equal_plain_ones(tiny_model):
     assert_same_weights(results[0][1], results[1][1], atol=1e-6)
 
 
+@pytest.mark.parametrize("memory_saving, accumulate", [(False, 1), (True, 2)])
+def test_bf16_updates_equal_keras_mixed_precision(tiny_model, memory_saving, accumulate):
+    """The bf16 step reads bfloat16 copies of the weights that every update refreshes. Its updates are
+    those of Keras' mixed precision, where each weight is converted where it is used, and the
+    gradients of micro-batches are summed in float32."""
+    rs = np.random.RandomState(8)
+    batches = [rs.randint(0, 50257, (accumulate, 1, 64)).astype(np.int32) for _ in range(3)]
+    predictions = accumulate * 63
+    model, opt, variables = tiny_setup(tiny_model, memory_saving, "sgd", 1.0, "bf16")
+    step = TrainStep(model, opt, variables.values(), tf.distribute.get_strategy(), 1, accumulate, 64)
+    losses = [step(batch, batch) for batch in batches]
+    assert {c.dtype for c in step.copies} == {tf.bfloat16}
+
+    reference, _, ref_variables = tiny_setup(tiny_model, False, "sgd", 1.0, "bf16")
+    ref_variables = list(ref_variables.values())
+
+    @tf.function
+    def gradients(tokens):
+        with tf.GradientTape() as tape:
+            total = loss_sum(reference, tokens, tokens)
+            scaled = total / predictions
+        return total, [tf.convert_to_tensor(g) for g in tape.gradient(scaled, ref_variables)]
+
+    for batch, loss in zip(batches, losses):
+        total, grads = 0.0, [0.0] * len(ref_variables)
+        for micro in batch:
+            micro_loss, micro_grads = gradients(micro)
+            total += float(micro_loss)
+            grads = [g + h for g, h in zip(grads, micro_grads)]
+        assert loss == pytest.approx(total / predictions, rel=1e-5)
+        for v, g in zip(ref_variables, grads):
+            v.assign_sub(g)
+    for v, ref in zip(variables.values(), ref_variables):
+        np.testing.assert_allclose(v.numpy(), ref.numpy(), rtol=0, atol=1e-5, err_msg=v.path)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "adafactor"])
 def test_optimizer_state_with_width_1_axes_still_loads(tiny_model, optimizer):
     """Optimizer states saved when the conv1d weights were [1, nx, nf] (now [nx, nf]) resume exactly."""
@@ -559,6 +596,24 @@ def test_two_replicas_match_one_device(tmp_path, tiny_model, data, capsys):
         [line.split("=")[1] for line in two if VAL_LINE.match(line)]
     assert_same_weights(weights(str(tmp_path / "checkpoint" / "two")),
                         weights(str(tmp_path / "checkpoint" / "one")), atol=2e-5)
+
+
+def test_two_replicas_match_one_device_in_bf16(tmp_path, tiny_model, data, capsys):
+    """Every replica reads bfloat16 copies of the weights, which each update refreshes: after three
+    SGD updates, two replicas moved the weights as one device did, up to bfloat16 rounding."""
+    common = ["--steps", "3", "--batch_size", "4", "--optimizer", "sgd", "--learning_rate", "1",
+              "--mixed_precision", "bf16"]
+    argv = flags(tmp_path, tiny_model, data, *common, "--distribute", "mirrored", "--run_name", "two")
+    done = subprocess.run([sys.executable, "-c", TWO_CPUS, *argv], capture_output=True, text=True,
+                          env=SUBPROCESS_ENV, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    train(flags(tmp_path, tiny_model, data, *common, "--distribute", "none", "--run_name", "one"), capsys)
+    start = tiny_model[2]
+    one, two = (weights(str(tmp_path / "checkpoint" / run)) for run in ("one", "two"))
+    for name in start:
+        moved = one[name] - start[name]
+        np.testing.assert_allclose(two[name] - start[name], moved, rtol=0,
+                                   atol=0.02 * np.abs(moved).max(), err_msg=name)
 
 
 def free_port():
