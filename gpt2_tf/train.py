@@ -311,7 +311,7 @@ class TrainStep:
 
     In mixed precision the forward and backward passes read `copies`: the trained weights in the
     compute dtype, made at the first step and rewritten by every update. Otherwise each weight would
-    be converted at each use and its gradient converted back (on CPU, 3% of a bfloat16 update of the
+    be converted at each use and its gradient converted back (on CPU, 1-3% of a bfloat16 update of the
     124M model). The values are those of the conversions. Weights assigned from outside after the
     first step are not seen by it: make a new TrainStep then.
     """
