@@ -170,7 +170,7 @@ def median_result(results):
     good = [r for r in results if "error" not in r]
     if not good:
         return results[0]
-    middle = statistics.median_low(sorted(r["tokens_per_s"] for r in good))
+    middle = statistics.median_low(r["tokens_per_s"] for r in good)
     chosen = next(r for r in good if r["tokens_per_s"] == middle)
     return {**chosen, "peak_rss_mib": max(r["peak_rss_mib"] for r in good)}
 

@@ -131,16 +131,25 @@ def same_shape(a, b):
     return [d for d in a if d != 1] == [d for d in b if d != 1]
 
 
+def state_mismatch(optimizer, shapes):
+    """Why state tensors of these shapes (in `optimizer_state`'s order) do not fit a built optimizer,
+    or None when they do."""
+    variables = _state_variables(optimizer)
+    if len(variables) != len(shapes):
+        return f"optimizer state has {len(shapes)} tensors, the optimizer {len(variables)}"
+    for variable, shape in zip(variables, shapes):
+        if not same_shape(variable.shape, shape):
+            return (f"optimizer state for {variable.path} has shape {list(shape)}, "
+                    f"expected {list(variable.shape)}")
+    return None
+
+
 def load_optimizer_state(optimizer, arrays):
     """Assign a list of arrays (as from `optimizer_state`, same order) to a built optimizer."""
-    variables = _state_variables(optimizer)
-    if len(variables) != len(arrays):
-        raise ValueError(f"optimizer state has {len(arrays)} tensors, the optimizer {len(variables)}")
-    for variable, value in zip(variables, arrays):
-        if not same_shape(variable.shape, np.shape(value)):
-            raise ValueError(f"optimizer state for {variable.path} has shape {list(np.shape(value))}, "
-                             f"expected {list(variable.shape)}")
-    for variable, value in zip(variables, arrays):
+    problem = state_mismatch(optimizer, [np.shape(value) for value in arrays])
+    if problem:
+        raise ValueError(problem)
+    for variable, value in zip(_state_variables(optimizer), arrays):
         variable.assign(np.reshape(value, variable.shape))
 
 

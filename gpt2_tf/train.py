@@ -22,6 +22,7 @@ Shapes: A = --accumulate_gradients, B = --batch_size (the global batch, over all
 T = n_ctx (the window length), V = n_vocab.
 """
 
+import contextlib
 import math
 import os
 import signal
@@ -354,11 +355,13 @@ class TrainStep:
                     for v in self.variables]
 
     def _reading_copies(self):
-        """A Keras StatelessScope in which each trained weight reads as its copy.
+        """A Keras StatelessScope in which each trained weight reads as its copy (none without copies).
 
         The copies are put in the scope's mapping as they are: its constructor would convert them
         to the weights' dtype, and the layers would then convert them back.
         """
+        if not self.copies:
+            return contextlib.nullcontext()
         scope = keras.StatelessScope()
         for variable, copy in zip(self.variables, self.copies):
             scope.state_mapping[id(variable)] = copy

@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from gpt2_tf import checkpoint
 from gpt2_tf.files import atomic_write
-from gpt2_tf.optim import describe_state, load_optimizer_state, optimizer_state, same_shape
+from gpt2_tf.optim import describe_state, load_optimizer_state, optimizer_state, state_mismatch
 
 TRAIN_SUFFIX = ".train"
 WEIGHT_SUFFIXES = (".index", ".data-00000-of-00001", ".meta")
@@ -124,12 +124,11 @@ def restore_optimizer(optimizer, name, state, arrays):
     axes of size 1) in the same order (variable paths are not compared: Keras numbers them per
     process). Returns None, or the reason they do not fit.
     """
-    saved = [list(shape) for _, shape in state["optimizer_variables"]]
-    mine = [list(shape) for _, shape in describe_state(optimizer)]
-    fits = len(saved) == len(mine) and all(same_shape(a, b) for a, b in zip(saved, mine))
-    if state["optimizer"] != name or not fits:
+    saved = [shape for _, shape in state["optimizer_variables"]]
+    if state["optimizer"] != name or state_mismatch(optimizer, saved):
         return (f"it was saved by {state['optimizer']} with {len(saved)} tensors; {name} here has "
-                f"{len(mine)} (another optimizer, precision or set of trained variables)")
+                f"{len(describe_state(optimizer))} (another optimizer, precision or set of trained "
+                f"variables)")
     load_optimizer_state(optimizer, arrays)
     return None
 
