@@ -1,14 +1,19 @@
 # make demo: install if needed (into .venv), then run the whole pipeline offline.
+# make test: install with the test tools if needed, then ruff and the tests; make test-slow: the slow tests.
 PYTHON ?= python3
 VENV ?= .venv
 
-.PHONY: demo test
+.PHONY: demo test test-slow
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/python -m gpt2_tf.demo
 
 test: $(VENV)/.installed-test
 	. $(VENV)/bin/activate && ruff check . && python -m pytest
+
+# pytest's status 5 means that no test is marked slow: nothing failed.
+test-slow: $(VENV)/.installed-test
+	. $(VENV)/bin/activate && { python -m pytest -m slow || [ $$? -eq 5 ]; }
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)

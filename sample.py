@@ -6,27 +6,29 @@
     python sample.py --interactive --run_name run1
 """
 
-import argparse
 import os
 import sys
 
+from gpt2_tf.cli import EXIT_FAILED, EXIT_INTERRUPTED, Parser, UsageError, check_output_file, integer, number
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Generate text with GPT-2.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+def make_parser():
+    p = Parser(description="Generate text with GPT-2.")
     p.add_argument("--model_name", default="124M", help="model folder inside models_dir")
     p.add_argument("--models_dir", default="models", help="folder of downloaded models")
     p.add_argument("--run_name", default=None, help="sample from checkpoint_dir/run_name (fine-tuned)")
     p.add_argument("--checkpoint_dir", default="checkpoint", help="folder of training runs")
-    p.add_argument("--seed", type=int, default=None, help="random seed; same seed, same samples")
-    p.add_argument("--nsamples", type=int, default=1, help="samples per prompt; 0: for ever (no prompt)")
-    p.add_argument("--batch_size", type=int, default=1, help="samples drawn together")
-    p.add_argument("--length", type=int, default=None,
+    p.add_argument("--seed", type=integer(0, 2**31 - 1), default=None,
+                   help="random seed; same seed, same samples")
+    p.add_argument("--nsamples", type=integer(0), default=1,
+                   help="samples per prompt; 0: for ever (no prompt)")
+    p.add_argument("--batch_size", type=integer(1), default=1, help="samples drawn together")
+    p.add_argument("--length", type=integer(1), default=None,
                    help="tokens per sample (default: n_ctx without a prompt, n_ctx // 2 with one)")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 means greedy")
-    p.add_argument("--top_k", type=int, default=0, help="keep the k most likely tokens; 0: all")
-    p.add_argument("--top_p", type=float, default=1.0,
-                   help="nucleus: keep the most likely tokens up to this probability; 1: all")
+    p.add_argument("--temperature", type=number(low=0), default=1.0, help="0 means greedy")
+    p.add_argument("--top_k", type=integer(0), default=0, help="keep the k most likely tokens; 0: all")
+    p.add_argument("--top_p", type=number(low=0, high=1), default=1.0,
+                   help="nucleus: keep the most likely tokens up to this probability; 0 or 1: all")
     p.add_argument("--prompt", default=None, help="text to continue")
     p.add_argument("--prompt_file", default=None, help="file whose text (UTF-8) to continue")
     p.add_argument("--interactive", action="store_true", help="ask for prompts in a loop")
@@ -39,13 +41,39 @@ def parse_args(argv=None):
                    help="weights and cache precision (bfloat16: faster on CPUs that have it)")
     p.add_argument("--compile", choices=["auto", "xla", "graph"], default="auto",
                    help="compile the decoding loop with XLA or as a TensorFlow graph (auto: per device)")
-    args = p.parse_args(argv)
-    if args.batch_size < 1 or args.nsamples < 0 or (args.length is not None and args.length < 1):
-        p.error("--batch_size and --length must be at least 1, --nsamples at least 0")
+    p.add_verbose()
+    return p
+
+
+def check_args(args):
+    """Check the flags and files before any work (TensorFlow is not imported yet); raises UsageError."""
+    from gpt2_tf.hparams import missing_model
+
     if args.nsamples == 0 and (args.prompt or args.prompt_file or args.interactive):
-        p.error("--nsamples 0 (for ever) is for unconditional samples only")
+        raise UsageError("--nsamples 0 (for ever) is for unconditional samples only")
     if args.prompt is not None and args.prompt_file is not None:
-        p.error("give --prompt or --prompt_file, not both")
+        raise UsageError("give --prompt or --prompt_file, not both")
+    if args.prompt_file is not None and not os.path.isfile(args.prompt_file):
+        raise UsageError(f"--prompt_file {args.prompt_file}: no such file")
+    if args.output is not None:
+        check_output_file(args.output, "--output", [args.prompt_file] if args.prompt_file else [])
+    if args.run_name is None:
+        problem = missing_model(args.model_name, args.models_dir)
+        if problem:
+            raise UsageError(problem)
+    elif not os.path.isdir(os.path.join(args.checkpoint_dir, args.run_name)):
+        raise UsageError(f"no training run {args.run_name} in {args.checkpoint_dir} "
+                         "(see --run_name and --checkpoint_dir)")
+
+
+def parse_args(argv=None):
+    """The parsed flags, checked (bad values exit 2 with one line)."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_args(args)
+    except UsageError as e:
+        parser.error(str(e))
     args.compile = {"auto": None, "xla": True, "graph": False}[args.compile]
     args.dtype = None if args.dtype == "float32" else args.dtype
     return args
@@ -53,26 +81,32 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if argv is None:  # run as a program (not called from Python): keep TensorFlow's log lines away
+        from gpt2_tf.cli import quiet_tensorflow
+
+        quiet_tensorflow(args.verbose)
     from gpt2_tf.checkpoint import CheckpointError
-    from gpt2_tf.generate import run
+    from gpt2_tf.files import atomic_write
+    from gpt2_tf.generate import GenerationError, run
 
     sys.stdout.reconfigure(errors="replace")  # a console that cannot show a character shows '?'
     try:
         if args.output:
-            # Written under a temporary name and renamed when done (or interrupted), never half-replaced.
-            tmp = args.output + ".tmp"
-            try:
-                with open(tmp, "w", encoding="utf-8") as out:
+            # Written under a temporary name and renamed into place when done or interrupted.
+            with atomic_write(args.output, encoding="utf-8") as out:
+                try:
                     run(args, out)
-            finally:
-                if os.path.exists(tmp):
-                    os.replace(tmp, args.output)
-        else:
-            run(args)
-    except (CheckpointError, ValueError, OSError) as e:
-        sys.exit(f"sample.py: error: {e}")
+                except KeyboardInterrupt:
+                    pass  # keep what was written
+                else:
+                    return
+            sys.exit(EXIT_INTERRUPTED)
+        run(args)
+    except (CheckpointError, GenerationError, ValueError, OSError) as e:
+        sys.stderr.write(f"sample.py: error: {' '.join(str(e).split())}\n")
+        sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ setup(
     extras_require={
         # tiktoken and tokenizers are test oracles only
         "test": ["pytest", "hypothesis", "ruff", "tiktoken", "tokenizers"],
-        "fast": ["tiktoken"],  # encode.py about 6x faster, same tokens (README: encode.py)
+        "fast": ["tiktoken"],  # encode.py about 6x faster, same tokens (docs/encode.md)
     },
     entry_points={
         "console_scripts": [

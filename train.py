@@ -6,40 +6,36 @@
     python train.py --dataset data.npz --model_name 1558M --memory_saving_gradients --optimizer sgd
 
 Checkpoints go to checkpoint/<run_name>/model-<step>, samples to samples/<run_name>/samples-<step>;
---restore_from latest (the default) continues a run exactly where it stopped. See README.md.
+--restore_from latest (the default) continues a run exactly where it stopped. See docs/train.md.
 """
 
-import argparse
 import sys
 
+from gpt2_tf.cli import EXIT_FAILED, EXIT_INTERRUPTED, Parser, UsageError, add_text_flags, integer, number
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """Reports a bad flag as one line, `train.py: error: ...`, without the long usage text."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+COUNT = integer(0)
+POSITIVE = integer(1)
 
 
 def make_parser():
-    p = OneLineErrorParser(prog="train.py", description="Fine-tune GPT-2 on your custom dataset.",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="train.py", description="Fine-tune GPT-2 on your custom dataset.")
     add = p.add_argument
     add("--dataset", metavar="PATH", required=True,
         help="training data: a text file, a folder, a glob pattern, or .npz files from encode.py")
     add("--model_name", metavar="MODEL", default="124M", help="base model, a folder in --models_dir")
     add("--models_dir", metavar="PATH", default="models",
         help="folder of downloaded models (hparams, weights and tokenizer are read from it)")
-    add("--combine", metavar="CHARS", type=int, default=50000,
+    add("--combine", metavar="CHARS", type=COUNT, default=50000,
         help="join small text files (separated by <|endoftext|>) into chunks of at least CHARS characters")
-    add("--encoding", default="utf-8", help="encoding of text files read and of sample files written")
+    add_text_flags(p)
     add("--literal_endoftext", action="store_true",
         help="separate text files by the text <|endoftext|> (7 tokens, as the original) instead of "
              "the <|endoftext|> token")
 
-    add("--batch_size", metavar="SIZE", type=int, default=1,
+    add("--batch_size", metavar="SIZE", type=POSITIVE, default=1,
         help="windows per update (the global batch, split across devices); also samples per batch")
-    add("--learning_rate", metavar="LR", type=float, default=0.00002, help="constant learning rate")
-    add("--accumulate_gradients", metavar="N", type=int, default=1,
+    add("--learning_rate", metavar="LR", type=number(above=0), default=0.00002, help="constant learning rate")
+    add("--accumulate_gradients", metavar="N", type=POSITIVE, default=1,
         help="average the gradients of N batches per update (N x batch_size windows per update)")
     add("--memory_saving_gradients", action="store_true",
         help="recompute each block's activations in the backward pass: same results, less memory")
@@ -51,7 +47,7 @@ def make_parser():
     add("--optimizer", default="adam", choices=["adam", "sgd", "adafactor", "adamw"],
         help="adafactor and sgd need less memory than adam; adamw (with --weight_decay) is for "
              "training from scratch")
-    add("--noise", type=float, default=0.0,
+    add("--noise", type=number(low=0, high=1), default=0.0,
         help="replace each input token by a random one with this probability (labels stay clean)")
     add("--mixed_precision", choices=["bf16", "fp16"], default=None,
         help="compute in bfloat16 or float16 (with loss scaling); weights stay float32")
@@ -59,52 +55,58 @@ def make_parser():
         help="compile the update with XLA or as a TensorFlow graph (auto: XLA on GPU/TPU, graph on CPU)")
     add("--distribute", choices=["auto", "none", "mirrored", "multiworker", "tpu"], default="auto",
         help="tf.distribute strategy (auto: TPU if TPU_NAME, workers if TF_CONFIG, all GPUs if several)")
-    add("--seed", type=int, default=None,
+    add("--seed", type=integer(0, 2**31 - 1), default=None,
         help="seed for the data sampler, the noise and the samples (default: random); "
              "a resumed run keeps its saved random state")
-    add("--steps", metavar="N", type=int, default=None,
+    add("--steps", metavar="N", type=COUNT, default=None,
         help="stop after N updates in this run and save (default: run until interrupted)")
 
-    add("--print_every", metavar="N", type=int, default=1, help="print the loss line every N steps")
+    add("--print_every", metavar="N", type=POSITIVE, default=1, help="print the loss line every N steps")
 
     scratch = p.add_argument_group("training from scratch")
     scratch.add_argument("--init", choices=["pretrained", "scratch"], default="pretrained",
                          help="scratch: a new model initialised as GPT-2 was, with the tokenizer and "
                               "hparams.json of --model_name (e.g. a folder written by train_bpe.py)")
     for key in ("n_ctx", "n_embd", "n_head", "n_layer"):
-        scratch.add_argument(f"--{key}", type=int, default=None,
+        scratch.add_argument(f"--{key}", type=POSITIVE, default=None,
                              help=f"with --init scratch: override {key} of hparams.json")
-    scratch.add_argument("--weight_decay", type=float, default=0.1, help="for --optimizer adamw")
-    scratch.add_argument("--warmup_steps", metavar="N", type=int, default=0,
+    scratch.add_argument("--weight_decay", type=number(low=0), default=0.1, help="for --optimizer adamw")
+    scratch.add_argument("--warmup_steps", metavar="N", type=COUNT, default=0,
                          help="raise the learning rate linearly over the first N updates")
-    scratch.add_argument("--min_lr", metavar="LR", type=float, default=None,
+    scratch.add_argument("--min_lr", metavar="LR", type=number(low=0), default=None,
                          help="decay the learning rate to LR along a cosine, reaching it at update "
                               "--lr_decay_steps (default: constant learning rate)")
-    scratch.add_argument("--lr_decay_steps", metavar="N", type=int, default=None,
+    scratch.add_argument("--lr_decay_steps", metavar="N", type=POSITIVE, default=None,
                          help="update at which the cosine decay ends (default: --steps)")
-    scratch.add_argument("--grad_clip", metavar="NORM", type=float, default=None,
+    scratch.add_argument("--grad_clip", metavar="NORM", type=number(above=0), default=None,
                          help="clip the gradients to this global norm (default: no clipping)")
 
-    add("--top_k", type=int, default=40, help="top-k for the samples made during training")
-    add("--top_p", type=float, default=0.0, help="top-p for those samples; > 0 overrides --top_k")
+    add("--top_k", type=COUNT, default=40, help="top-k for the samples made during training")
+    add("--top_p", type=number(low=0, high=1), default=0.0,
+        help="top-p for those samples; > 0 overrides --top_k")
     add("--restore_from", default="latest",
         help='"latest" (of this run, else the base model), "fresh" (the base model, a new count), '
              "or a checkpoint folder or prefix")
     add("--run_name", default="run1", help="subfolder of --checkpoint_dir and --sample_dir")
     add("--checkpoint_dir", metavar="PATH", default="checkpoint", help="folder of run checkpoints")
     add("--sample_dir", metavar="PATH", default="samples", help="folder of run samples")
-    add("--sample_every", metavar="N", type=int, default=100, help="write samples every N steps (0: never)")
-    add("--sample_length", metavar="TOKENS", type=int, default=1023, help="tokens per sample")
-    add("--sample_num", metavar="N", type=int, default=1, help="samples each time")
-    add("--save_every", metavar="N", type=int, default=1000,
+    add("--sample_every", metavar="N", type=COUNT, default=100, help="write samples every N steps (0: never)")
+    add("--sample_length", metavar="TOKENS", type=POSITIVE, default=None,
+        help="tokens per sample (default: n_ctx - 1, 1023 for the released models)")
+    add("--sample_num", metavar="N", type=COUNT, default=1, help="samples each time")
+    add("--save_every", metavar="N", type=COUNT, default=1000,
         help="save a checkpoint every N steps (0: only at the end)")
-    add("--max_to_keep", metavar="N", type=int, default=5,
+    add("--max_to_keep", metavar="N", type=COUNT, default=5,
         help="keep the N newest checkpoints (0: all), plus one every two hours")
 
     add("--val_dataset", metavar="PATH", default=None, help="validation data (default: --dataset)")
-    add("--val_batch_size", metavar="SIZE", type=int, default=2, help="windows per validation batch")
-    add("--val_batch_count", metavar="N", type=int, default=40, help="validation batches")
-    add("--val_every", metavar="STEPS", type=int, default=0, help="validate every STEPS steps (0: never)")
+    add("--val_batch_size", metavar="SIZE", type=POSITIVE, default=2, help="windows per validation batch")
+    add("--val_batch_count", metavar="N", type=POSITIVE, default=40, help="validation batches")
+    add("--val_every", metavar="STEPS", type=COUNT, default=0, help="validate every STEPS steps (0: never)")
+    add("--max_nonfinite", metavar="N", type=COUNT, default=10,
+        help="an update whose loss or gradients are not finite (NaN or infinity) is skipped; after N "
+             "such steps in a row, save the last good weights and stop with an error (0: at the first)")
+    p.add_verbose()
     return p
 
 
@@ -115,7 +117,17 @@ def parse_args(argv=None):
 def main(argv=None):
     parser = make_parser()
     args = parser.parse_args(argv)
-    from gpt2_tf.train import UsageError, run
+    from gpt2_tf.train_checks import check_args
+
+    try:
+        check_args(args)  # before TensorFlow is imported: bad usage is told at once
+    except UsageError as e:
+        parser.error(str(e))
+    if argv is None:  # run as a program (not called from Python): keep TensorFlow's log lines away
+        from gpt2_tf.cli import quiet_tensorflow
+
+        quiet_tensorflow(args.verbose)
+    from gpt2_tf.train import TrainingError, run
 
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")  # a console that cannot show a character shows '?'
@@ -123,8 +135,10 @@ def main(argv=None):
         run(args)
     except UsageError as e:
         parser.error(str(e))
+    except TrainingError as e:
+        parser.exit(EXIT_FAILED, f"{parser.prog}: error: {e}\n")
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

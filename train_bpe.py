@@ -8,36 +8,65 @@ train.py and sample.py use the new vocabulary with `--model_name mine` (train.py
 
 import argparse
 
-from gpt2_tf.bpe import train_bpe
-from gpt2_tf.cli import add_text_flags, run_or_exit
+from gpt2_tf.bpe import check_output_folder, train_bpe
+from gpt2_tf.cli import Parser, UsageError, add_text_flags, check_encoding, input_files, integer, run_or_exit
 from gpt2_tf.dataset import DatasetError
 
 
-def main():
-    parser = argparse.ArgumentParser(
+def make_parser():
+    parser = Parser(
+        prog="train_bpe.py",
         description="Learn a byte-level BPE vocabulary (GPT-2's byte table and pre-tokenizer) from text "
-                    "files, and write encoder.json, vocab.bpe and hparams.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "files, and write encoder.json, vocab.bpe and hparams.json.")
     parser.add_argument("corpus", metavar="CORPUS", nargs="+",
-                        help="text files, folders (all files in them, recursively) or glob patterns")
-    parser.add_argument("--vocab_size", metavar="N", type=int, required=True, default=argparse.SUPPRESS,
-                        help="number of tokens: 256 bytes, the learned merges and <|endoftext|> "
-                             "(GPT-2 has 50257)")
+                        help="text files, folders (all files in them, recursively, but hidden ones, "
+                             "__pycache__ and files that are not text) or glob patterns")
+    parser.add_argument("--vocab_size", metavar="N", type=integer(257), required=True,
+                        default=argparse.SUPPRESS,
+                        help="number of tokens, at least 257: 256 bytes, the learned merges and "
+                             "<|endoftext|> (GPT-2 has 50257)")
     parser.add_argument("--out", metavar="FOLDER", required=True, default=argparse.SUPPRESS,
                         help="model folder to write into, e.g. models/NAME (created if needed)")
-    parser.add_argument("--min_frequency", metavar="N", type=int, default=2,
+    parser.add_argument("--min_frequency", metavar="N", type=integer(1), default=2,
                         help="never merge a pair that occurs fewer times (the vocabulary may then be "
                              "smaller than --vocab_size)")
     add_text_flags(parser)
     for name, default in [("n_ctx", 1024), ("n_embd", 768), ("n_head", 12), ("n_layer", 12)]:
-        parser.add_argument(f"--{name}", metavar="N", type=int, default=default,
+        parser.add_argument(f"--{name}", metavar="N", type=integer(1), default=default,
                             help=f"{name} written to hparams.json, for training a new model")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    args = parser.parse_intermixed_args()
+    parser.add_verbose("name each file skipped as not text")
+    return parser
+
+
+def check_command(args):
+    """Check everything that can be checked before counting; returns (input files, skipped files).
+
+    Raises UsageError for an unknown encoding, inputs that are not there and an --out that cannot be
+    written.
+    """
+    check_encoding(args.encoding)
+    try:
+        check_output_folder(args.out)
+    except DatasetError as e:
+        raise UsageError(str(e)) from None
+    return input_files(args.corpus, args.encoding, args.verbose)
+
+
+def learn(args):
+    """What train_bpe.py does; returns the summary line."""
+    files, skipped = check_command(args)
     hparams = dict(n_ctx=args.n_ctx, n_embd=args.n_embd, n_head=args.n_head, n_layer=args.n_layer)
-    summary = run_or_exit(parser, (DatasetError, OSError), "nothing was written",
-                          train_bpe, args.corpus, args.out, args.vocab_size, args.min_frequency,
-                          args.encoding, args.errors, hparams, progress=not args.quiet)
+    return train_bpe(files, args.out, args.vocab_size, args.min_frequency, args.encoding, args.errors,
+                     hparams, progress=not args.quiet, skipped=skipped)
+
+
+def main():
+    parser = make_parser()
+    args = parser.parse_intermixed_args()
+    if args.n_embd % args.n_head:
+        parser.error(f"--n_embd ({args.n_embd}) must be a multiple of --n_head ({args.n_head})")
+    summary = run_or_exit(parser, (DatasetError, OSError), "nothing was written", learn, args)
     if not args.quiet:
         print(summary)
 

@@ -2,9 +2,9 @@
 
     from gpt2_tf import load_model, get_encoder, checkpoint
 
-`get_encoder` and the `encoder`, `hparams`, `dataset`, `fast_encoder`, `download`, `bpe`, `files` and
-`cli` modules do not need TensorFlow; the rest is imported on first use, so that tools which only
-tokenize or download start at once.
+`get_encoder` and the `encoder`, `hparams`, `dataset`, `fast_encoder`, `download`, `bpe`, `files`,
+`cli` and `train_checks` modules do not need TensorFlow; the rest is imported on first use, so that
+tools which only tokenize or download start at once.
 """
 
 import importlib

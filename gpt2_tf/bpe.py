@@ -22,10 +22,10 @@ import time
 
 from tqdm import tqdm
 
-from gpt2_tf.dataset import PIECE_SIZE, DatasetError, check_decoding, list_files, read_text, text_work
+from gpt2_tf.dataset import PIECE_SIZE, DatasetError, check_decoding, list_inputs, read_text, text_work
 from gpt2_tf.encoder import ENDOFTEXT, PAT, bytes_to_unicode
 from gpt2_tf.fast_encoder import Splitter
-from gpt2_tf.files import atomic_write
+from gpt2_tf.files import atomic_write, blocking_file
 from gpt2_tf.hparams import HParams, save_hparams
 
 VERSION_LINE = "#version: 0.2"
@@ -194,25 +194,29 @@ def save_vocabulary(directory, encoder, merges):
     _write_atomic(os.path.join(directory, "vocab.bpe"), ("\n".join(lines) + "\n").encode("utf-8"))
 
 
-def _check_output(out):
-    """Fail now, before the training, if the folder `out` cannot be made or written."""
+def check_output_folder(out):
+    """Raise DatasetError now, before the training, if the folder `out` cannot be made or written."""
     if os.path.exists(os.path.join(out, "checkpoint")):
         raise DatasetError(f"{out} holds a trained model (it has a checkpoint); choose a new folder")
+    blocking = blocking_file(out)
+    if blocking == os.path.abspath(out):
+        raise DatasetError(f"{out} is a file, not a folder; give a folder to write the vocabulary into")
+    if blocking:
+        raise DatasetError(f"cannot write to {out}: {blocking} is a file, not a folder")
     existing = os.path.abspath(out)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise DatasetError(f"cannot write to {out}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise DatasetError(f"cannot write to {out}: permission denied for {existing}")
 
 
 def train_bpe(corpus, out, vocab_size, min_frequency=2, encoding="utf-8", errors="strict", hparams=None,
-              progress=True):
+              progress=True, skipped=()):
     """What train_bpe.py does: learn a vocabulary from text files and write it into the folder `out`.
 
     Args:
         corpus: a file, folder or glob pattern (see `gpt2_tf.dataset.list_files`), or a list of them.
+            Files found in folders or by patterns that are clearly not text are skipped.
         out: the model folder to write encoder.json, vocab.bpe and hparams.json into (created if needed).
         vocab_size: the number of token ids, `<|endoftext|>` included (GPT-2 has 50,257); at least 257.
         min_frequency: pairs that occur fewer times are never merged, even if the vocabulary is then
@@ -220,6 +224,8 @@ def train_bpe(corpus, out, vocab_size, min_frequency=2, encoding="utf-8", errors
         encoding, errors: how the files are decoded (errors: 'strict' or 'replace').
         hparams: other fields of hparams.json (n_ctx, n_embd, n_head, n_layer), as a dict.
         progress: show progress bars on stderr.
+        skipped: files the caller's own listing left out as not text, to be counted with those left
+            out here.
 
     Returns a one-line summary. Problems with the input, output or arguments raise DatasetError with a
     one-line message.
@@ -234,9 +240,10 @@ def train_bpe(corpus, out, vocab_size, min_frequency=2, encoding="utf-8", errors
     except (TypeError, ValueError) as e:
         raise DatasetError(str(e)) from None
     corpus = [corpus] if isinstance(corpus, (str, os.PathLike)) else list(corpus)
-    paths = list(dict.fromkeys(path for pattern in corpus for path in list_files(os.fspath(pattern))))
     check_decoding(encoding, errors)
-    _check_output(out)
+    skipped = list(skipped)
+    paths = list_inputs(corpus, encoding, skipped)
+    check_output_folder(out)
 
     counts = count_files(paths, encoding, errors, progress)
     if not counts:
@@ -253,7 +260,8 @@ def train_bpe(corpus, out, vocab_size, min_frequency=2, encoding="utf-8", errors
         raise DatasetError(f"cannot write to {out}: {e.strerror}") from None
 
     n_bytes = sum(os.path.getsize(path) for path in paths if os.path.isfile(path))
-    summary = (f"{len(paths):,} files, {n_bytes:,} bytes, {len(counts):,} distinct pieces: "
+    files = f"{len(paths):,} files" + (f" ({len(skipped):,} more skipped as not text)" if skipped else "")
+    summary = (f"{files}, {n_bytes:,} bytes, {len(counts):,} distinct pieces: "
                f"{len(merges):,} merges, {len(encoder):,} tokens in {time.time() - start:.1f} s; "
                f"wrote encoder.json, vocab.bpe and hparams.json to {out}")
     if len(encoder) < vocab_size:

@@ -76,6 +76,22 @@ def restore(model, path):
     return prefix
 
 
+def nonfinite_weights(model):
+    """The TF1 names of the model's weights that hold a NaN or an infinity (none in a sound model)."""
+    return [name for name, variable in model.variables_by_name().items()
+            if not bool(tf.reduce_all(tf.math.is_finite(variable)))]
+
+
+def check_finite(model, prefix):
+    """Raise CheckpointError, naming what is wrong, when the model's weights are not all finite: such
+    weights are never saved, so that a run's newest checkpoint is always one it can go on from."""
+    damaged = nonfinite_weights(model)
+    if damaged:
+        raise CheckpointError(f"not saving {prefix}: {damaged[0]}"
+                              + (f" and {len(damaged) - 1} more tensors" if len(damaged) > 1 else "")
+                              + " hold values that are not finite (NaN or infinity)")
+
+
 def save(model, prefix, state_file=True, max_to_keep=None):
     """Write the model's weights to `<prefix>.index` / `<prefix>.data-00000-of-00001`, atomically,
     by TF1 name and in the original's shapes.
@@ -84,8 +100,10 @@ def save(model, prefix, state_file=True, max_to_keep=None):
     file first, so a reader sees either the old checkpoint or the complete new one. With
     `state_file`, the folder's `checkpoint` file is then updated to name this prefix (relative
     paths, as in the released models), keeping the `max_to_keep` newest entries (None: all).
+    Weights that are not all finite are refused (CheckpointError) and nothing is written.
     Returns the prefix.
     """
+    check_finite(model, prefix)
     shapes = model.hparams.variable_shapes()
     tensors = {name: tf.cast(v, tf.float32).numpy().reshape(shapes[name])
                for name, v in model.variables_by_name().items()}

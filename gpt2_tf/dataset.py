@@ -33,6 +33,9 @@ BLOCK_SIZE = 1 << 20  # bytes read from a file at a time
 # Deflate level of written .npz files. numpy's default (6) takes 2.5 times as long on token ids, for
 # files 10-15% smaller.
 ZIP_LEVEL = 1
+# The first bytes of an .npz file (a zip archive, or an empty one) and of an .npy file (a single array).
+ZIP_STARTS = (b"PK\x03\x04", b"PK\x05\x06")
+NPY_START = b"\x93NUMPY"
 
 
 class DatasetError(ValueError):
@@ -44,28 +47,93 @@ def token_dtype(n_vocab):
     return np.dtype(np.uint16) if n_vocab <= 1 << 16 else np.dtype(np.int32)
 
 
-def list_files(path):
+def list_files(path, encoding="utf-8", skipped=None):
     """The input files named by `path`, in a reproducible order.
 
-    `path` is a file, a directory (every file under it, recursively, in sorted order) or a glob pattern
-    (`**` matches subdirectories; matches are sorted, and directories among them expanded).
+    `path` is a file (read as given, whatever it holds), a folder (every file under it, recursively, in
+    sorted order) or a glob pattern (`**` matches subfolders; matches are sorted, and folders among them
+    expanded). Walking a folder leaves out hidden files and folders (names starting with '.') and
+    __pycache__ folders. Files found in a folder or by a pattern are left out when they are not regular
+    files, or clearly not text in `encoding` (see `is_binary`); the latter are appended to the list
+    `skipped`, if given.
+
+    A DatasetError, when nothing is found, does not repeat `path`: callers put it in front.
     """
     if os.path.exists(path) and not os.path.isdir(path):
         return [path]
-    roots = [path] if os.path.isdir(path) else sorted(glob.glob(path, recursive=True))
+    if os.path.isdir(path):
+        found = _walk(path)
+    else:
+        found = []
+        for match in sorted(glob.glob(path, recursive=True)):
+            if os.path.isdir(match):
+                found.extend(_walk(match))
+            elif os.path.isfile(match):
+                found.append(match)
+    files, binary = [], []
+    for name in dict.fromkeys(found):  # `**` matches a folder and the files in it
+        (binary if is_binary(name, encoding) else files).append(name)
+    if skipped is not None:
+        skipped.extend(binary)
+    if files:
+        return files
+    if binary:
+        where = "in this folder" if os.path.isdir(path) else "match this pattern"
+        raise DatasetError(f"no text files {where} (skipped {_count(len(binary), 'file')} holding NUL bytes)")
+    if os.path.isdir(path):
+        raise DatasetError("no files in this folder (hidden files and __pycache__ folders are not read)")
+    if any(c in path for c in "*?["):
+        raise DatasetError("no files match this pattern")
+    raise DatasetError("no such file or folder")
+
+
+def list_inputs(inputs, encoding="utf-8", skipped=None):
+    """The files of several inputs (files, folders or glob patterns; see `list_files`), each once, in
+    order. A DatasetError names the input at fault."""
+    files = {}
+    for path in inputs:
+        path = os.fspath(path)
+        try:
+            files.update(dict.fromkeys(list_files(path, encoding, skipped)))
+        except DatasetError as e:
+            raise DatasetError(f"{path}: {e}") from None
+    return list(files)
+
+
+def _walk(folder):
+    """The files under `folder`, sorted, leaving out hidden files and folders and __pycache__ folders."""
     files = []
-    for root in roots:
-        if os.path.isdir(root):
-            files.extend(sorted(os.path.join(d, name) for d, _, names in os.walk(root) for name in names))
-        else:
-            files.append(root)
-    if not files:
-        if os.path.isdir(path):
-            raise DatasetError(f"no files in directory {path}")
-        if any(c in path for c in "*?["):
-            raise DatasetError(f"no files matched {path}")
-        raise DatasetError(f"{path}: no such file or directory")
-    return files
+    for parent, folders, names in os.walk(folder):
+        folders[:] = [name for name in folders if not _hidden(name)]
+        files.extend(os.path.join(parent, name) for name in names if not _hidden(name))
+    return sorted(name for name in files if os.path.isfile(name))
+
+
+def _hidden(name):
+    return name.startswith(".") or name == "__pycache__"
+
+
+def is_binary(path, encoding="utf-8"):
+    """Whether a file is clearly not text: its first block holds a NUL byte.
+
+    Always False for .npz files (token arrays, read as such), for encodings whose text holds NUL bytes
+    (UTF-16, UTF-32), and for files that cannot be read (reading them will say why).
+    """
+    if path.endswith(".npz") or not _nul_means_binary(encoding):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return b"\0" in f.read(BLOCK_SIZE)
+    except OSError:
+        return False
+
+
+def _nul_means_binary(encoding):
+    """False for encodings that write NUL bytes in ordinary text, such as UTF-16."""
+    try:
+        return b"\0" not in "text\n".encode(encoding)
+    except (LookupError, UnicodeError):
+        return True
 
 
 def load_npz(path, n_vocab=None):
@@ -74,13 +142,10 @@ def load_npz(path, n_vocab=None):
     Arrays of any integer dtype are accepted (the original encode.py wrote int64). Nothing is unpickled:
     a file holding Python objects is refused. With `n_vocab`, ids outside 0..n_vocab-1 are an error.
     """
+    _check_npz_start(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise DatasetError(f"{path}: not an .npz file (it holds a single array)")
             arrays = [(name, npz[name]) for name in npz.files]
-    except DatasetError:
-        raise
     except ValueError as e:
         if "pickle" in str(e):
             raise DatasetError(f"{path}: holds pickled Python objects, not token arrays; "
@@ -98,6 +163,19 @@ def load_npz(path, n_vocab=None):
                                f"was it encoded with another vocabulary?")
         chunks.append(array)
     return chunks
+
+
+def _check_npz_start(path):
+    """Raise DatasetError unless the file starts as an .npz file (a zip archive) does."""
+    try:
+        with open(path, "rb") as f:
+            start = f.read(len(NPY_START))
+    except OSError as e:
+        raise DatasetError(f"cannot read {path}: {e.strerror}") from None
+    if start.startswith(NPY_START):
+        raise DatasetError(f"{path}: not an .npz file: it is a single .npy array (np.save, not np.savez)")
+    if not start.startswith(ZIP_STARTS):
+        raise DatasetError(f"{path}: not an .npz file: it is not a zip archive, as .npz files are")
 
 
 def read_text(path, encoding, errors, on_read):
@@ -279,8 +357,9 @@ def load_dataset(enc, path, combine=50000, encoding="utf-8", errors="strict", li
 
     Args:
         enc: the reference `Encoder` of the model.
-        path: a file, directory, glob pattern (see `list_files`) or a list of files. Text files are
-            encoded; the arrays of .npz files are added as they are, each a chunk.
+        path: a file, folder or glob pattern (see `list_files`), or a list of them (see
+            `list_inputs`). Text files are encoded; the arrays of .npz files are added as they are,
+            each a chunk. Files found in folders or by patterns that are clearly not text are skipped.
         combine: text files are joined until the text reaches this many characters, then encoded as one
             chunk, as in the original.
         encoding, errors: how text files are decoded (errors: 'strict' or 'replace').
@@ -299,22 +378,27 @@ def load_dataset(enc, path, combine=50000, encoding="utf-8", errors="strict", li
 
 
 def check_decoding(encoding, errors):
-    """Raise DatasetError unless `encoding` is known and `errors` is strict or replace."""
+    """Raise DatasetError unless `encoding` is a known text encoding and `errors` is strict or replace."""
     if errors not in ("strict", "replace"):
         raise DatasetError(f"errors must be 'strict' or 'replace', not {errors!r}")
     try:
         codecs.lookup(encoding)
     except LookupError:
         raise DatasetError(f"unknown encoding {encoding!r}") from None
+    try:
+        "".encode(encoding)
+    except LookupError:  # a codec from bytes to bytes, such as base64
+        raise DatasetError(f"{encoding!r} is not a text encoding") from None
 
 
 def _load(enc, path, combine, encoding, errors, literal_endoftext, fast, jobs, progress, piece_size):
     """load_dataset; also returns the name of the encoder used."""
     start = time.time()
-    paths = list_files(path) if isinstance(path, (str, os.PathLike)) else list(path)
+    check_decoding(encoding, errors)
+    one_input = isinstance(path, (str, os.PathLike))
+    paths = list_files(os.fspath(path), encoding) if one_input else list_inputs(path, encoding)
     if not paths:
         raise DatasetError("no input files")
-    check_decoding(encoding, errors)
     n_vocab = max(enc.encoder.values()) + 1
     dtype = token_dtype(n_vocab)
     eot = None
@@ -331,8 +415,9 @@ def _load(enc, path, combine, encoding, errors, literal_endoftext, fast, jobs, p
     if fast_enc is None and jobs > 1:
         worker_args = (enc.encoder, sorted(enc.bpe_ranks, key=enc.bpe_ranks.get), dtype)
 
+    encoding_text = not all(p.endswith(".npz") for p in paths)  # .npz files are only loaded
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="Encoding",
-               disable=not progress, dynamic_ncols=True)
+               disable=not (progress and encoding_text), dynamic_ncols=True)
     totals = collections.Counter()
     work = _work(paths, combine, encoding, errors, eot, piece_size, n_vocab, bar.update, totals)
     chunks, pending, tokens = [], [], 0
@@ -348,10 +433,9 @@ def _load(enc, path, combine, encoding, errors, literal_endoftext, fast, jobs, p
                 chunks.append(np.concatenate(pending) if len(pending) > 1 else pending[0])
                 pending = []
     if not totals["characters"] and not totals["npz tokens"]:
-        if isinstance(path, (str, os.PathLike)) or len(paths) == 1:
-            where = path if isinstance(path, (str, os.PathLike)) else paths[0]
-        else:
-            where = f"any of the {len(paths)} input files"
+        if one_input:  # the caller names it
+            raise DatasetError("no text: the input is empty")
+        where = paths[0] if len(paths) == 1 else f"any of the {len(paths)} input files"
         raise DatasetError(f"no text in {where}: the input is empty")
     return chunks, "tiktoken" if fast_enc is not None else "reference encoder"
 
@@ -396,9 +480,11 @@ def save_npz(path, chunks, dtype=np.uint16):
 
 def encode_dataset(in_text, out_npz, model_name="124M", models_dir="models", combine=50000,
                    encoding="utf-8", errors="strict", literal_endoftext=False, jobs=None, fast=True,
-                   quiet=False):
+                   quiet=False, skipped=()):
     """What encode.py does: encode the files of `in_text` into the .npz file `out_npz`.
 
+    `in_text` is a file, folder or glob pattern, or a list of them (see `list_inputs`). `skipped` names
+    files the caller's own listing left out as not text, to be counted with those left out here.
     Returns a one-line summary (files, bytes, tokens, chunks, seconds). Problems with the input or output
     raise DatasetError with a one-line message.
     """
@@ -407,10 +493,12 @@ def encode_dataset(in_text, out_npz, model_name="124M", models_dir="models", com
     try:
         enc = get_encoder(model_name, models_dir)
     except FileNotFoundError as e:
-        raise DatasetError(f"no tokenizer for model {model_name!r}: {e.filename} not found "
-                           f"(download the model, or pass --models_dir)") from None
-    paths = list_files(in_text)
+        raise DatasetError(f"no tokenizer: {e.filename} not found (is {models_dir!r} the right folder of "
+                           "models?)") from None
     check_decoding(encoding or "utf-8", errors)
+    skipped = list(skipped)
+    inputs = [in_text] if isinstance(in_text, (str, os.PathLike)) else in_text
+    paths = list_inputs(inputs, encoding or "utf-8", skipped)
     jobs = jobs or default_jobs()
     if not quiet:
         print("Reading files")
@@ -422,7 +510,8 @@ def encode_dataset(in_text, out_npz, model_name="124M", models_dir="models", com
     seconds = time.time() - start
     n_bytes = sum(os.path.getsize(p) for p in paths if os.path.isfile(p))
     n_tokens = sum(len(chunk) for chunk in chunks)
-    return (f"{_count(len(paths), 'file')}, {_count(n_bytes, 'byte')}, {_count(n_tokens, 'token')}, "
+    files = _count(len(paths), "file") + (f" ({len(skipped):,} more skipped as not text)" if skipped else "")
+    return (f"{files}, {_count(n_bytes, 'byte')}, {_count(n_tokens, 'token')}, "
             f"{_count(len(chunks), 'chunk')} in {seconds:.1f} s "
             f"({n_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s, {encoder_name}, {_count(jobs, 'job')})")
 

@@ -26,14 +26,33 @@ SIZES = {
 }
 
 
+def shown(argv):
+    """A command as a user would type it from the repository's folder."""
+    return " ".join(shlex.quote(a) for a in ["python", *argv])
+
+
 def step(title, *argv):
     """Print a step and its command, run it, stop the demo if it fails."""
-    command = [sys.executable, *argv]
-    shown = " ".join(shlex.quote(a) for a in ["python", *argv])
-    print(f"\n### {title}\n$ {shown}", flush=True)
-    quiet_tensorflow = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    if subprocess.run(command, cwd=ROOT, env=quiet_tensorflow).returncode != 0:
-        sys.exit(f"demo: this step failed: {shown}")
+    print(f"\n### {title}\n$ {shown(argv)}", flush=True)
+    if subprocess.run([sys.executable, *argv], cwd=ROOT).returncode != 0:
+        sys.exit(f"demo: this step failed: {shown(argv)}")
+
+
+def next_commands(work, size):
+    """What to do with the demo's model next: sample from it, train it further, and the real thing."""
+    checkpoint_dir = os.path.join(work, "checkpoint")
+    run = ["--run_name", "demo", "--checkpoint_dir", checkpoint_dir]
+    return [
+        ("sample from the demo model",
+         ["sample.py", *run, "--prompt", "import ", "--include_prompt", "--length", "40", "--top_k", "20"]),
+        ("ask it for prompts in a loop",
+         ["sample.py", *run, "--interactive", "--length", "40", "--top_k", "20"]),
+        ("train it further (the run goes on from its last checkpoint)",
+         ["train.py", "--dataset", os.path.join(work, "train.npz"), "--model_name", "demo", "--models_dir",
+          os.path.join(work, "models"), *run, "--batch_size", str(size["batch"]), "--learning_rate",
+          f"{size['lr'] / 10:g}", "--steps", "100"]),
+        ("the real thing: OpenAI's smallest GPT-2, fine-tuned on your text", None),
+    ]
 
 
 def main(argv=None):
@@ -71,17 +90,20 @@ def main(argv=None):
          "--weight_decay", "0.1", "--warmup_steps", str(steps // 10), "--min_lr", str(size["lr"] / 10),
          "--grad_clip", "1.0", "--steps", str(steps), "--val_every", str(max(steps // 4, 1)),
          "--val_batch_count", "8", "--val_batch_size", str(size["batch"]), "--sample_every", "0",
-         "--sample_length", str(size["n_ctx"] - 1),
          "--save_every", "0", "--print_every", str(max(steps // 20, 1)), "--seed", "1")
     step("4. Sample from the trained model",
          "sample.py", "--run_name", "demo", "--checkpoint_dir", os.path.join(work, "checkpoint"),
          "--prompt", "def ", "--include_prompt", "--length", str(size["n_ctx"] - 8), "--top_k", "20",
          "--seed", "1")
-    print(f"\nDone in {time.time() - start:.0f} s. For the real thing:\n"
-          "  python download_model.py 124M                     # OpenAI's smallest GPT-2\n"
-          "  python encode.py your_corpus/ data.npz\n"
-          "  python train.py --dataset data.npz --run_name mine  # fine-tune it\n"
-          "  python sample.py --run_name mine --top_p 0.9")
+    print(f"\nDone in {time.time() - start:.0f} s. What to do next, from {ROOT}:")
+    for title, argv in next_commands(work, size):
+        print(f"\n# {title}")
+        if argv:
+            print(shown(argv))
+    print("python download_model.py 124M\n"
+          "python encode.py your_corpus/ data.npz\n"
+          "python train.py --dataset data.npz --run_name mine\n"
+          "python sample.py --run_name mine --top_p 0.9")
 
 
 if __name__ == "__main__":

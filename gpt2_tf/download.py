@@ -18,10 +18,12 @@ download never leaves a broken model behind:
   released ones by default, or the `hparams` argument of `download_model` (which lets tests and mirrors
   of other models use the same code). A file that fails the check is removed. If it came from an earlier
   run it is fetched again; if it was fetched just now the download fails, since the server is at fault.
+* A download that fails removes the folders it created if they hold nothing (no .part file to resume).
 
 This module does not import TensorFlow, so the downloader starts at once.
 """
 
+import hashlib
 import math
 import os
 import re
@@ -105,10 +107,39 @@ def download_model(model_name, models_dir="models", base_url=None, quiet=False, 
     path = os.path.join(os.path.expanduser(os.path.expandvars(models_dir)), name)  # as hparams.model_dir
     if name != model_name and not quiet:
         print(f"{model_name} is the old name of {name}; downloading it into {path}", file=sys.stderr)
+    new_folders = _new_folders(path)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
         raise DownloadError(f"cannot create {path}: {e.strerror or e}") from None
+    try:
+        return _fetch_and_verify(path, name, base_url, expected, quiet, retries, backoff)
+    except BaseException:
+        _remove_empty(new_folders)
+        raise
+
+
+def _new_folders(path):
+    """`path` and the folders above it that do not exist yet, deepest first."""
+    folders = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        folders.append(path)
+        path = os.path.dirname(path)
+    return folders
+
+
+def _remove_empty(folders):
+    """Remove the folders, deepest first, as long as they are empty (nothing to resume from)."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+
+
+def _fetch_and_verify(path, name, base_url, expected, quiet, retries, backoff):
+    """Fetch the files missing from the folder `path` and check it; returns `path` (see download_model)."""
     todo = [f for f in FILES if not os.path.isfile(os.path.join(path, f))]
     fetched = set()
     with requests.Session() as session:
@@ -307,3 +338,28 @@ def _check_checkpoint(path, hparams):
 def _problem(error, path):
     """The message of `error` without the file name it starts with."""
     return str(error).removeprefix(path).lstrip(": ")
+
+
+def download_file(url, path, sha256, quiet=False, retries=5, backoff=1.0):
+    """Download `url` to `path` and check that the file's sha256 is `sha256` (hex); returns `path`.
+
+    The transfer is the one of a model's files: written as `path`.part, resumed and retried. A file whose
+    sha256 differs is removed, and is a DownloadError. The folder of `path` is created if needed.
+    """
+    folder = os.path.dirname(path) or "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(f"cannot create {folder}: {e.strerror or e}") from None
+    with requests.Session() as session:
+        session.headers["Accept-Encoding"] = "identity"  # the sha256 is of the file, not of an encoding
+        _fetch(session, url, path, quiet, retries, backoff)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK_SIZE):
+            digest.update(block)
+    if digest.hexdigest() != sha256.lower():
+        os.remove(path)
+        raise DownloadError(f"cannot fetch {url}: its sha256 is {digest.hexdigest()}, expected {sha256} "
+                            f"(removed {path})")
+    return path

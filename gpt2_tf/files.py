@@ -1,6 +1,6 @@
 """Atomic file writes: a file is written under a temporary name beside it and renamed into place when
-complete, so a reader (or a crash) never sees a half-written file. This module does not import
-TensorFlow."""
+complete, so a reader (or a crash) never sees a half-written file; and what stops a folder from being
+made. This module does not import TensorFlow."""
 
 import contextlib
 import os
@@ -28,3 +28,12 @@ def atomic_write(path, encoding=None, errors="strict"):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def blocking_file(path):
+    """The file that stops a folder from being at `path`: `path` itself or a folder above it that is
+    a file; None when the folder exists or can be made."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    return None if os.path.isdir(existing) else existing

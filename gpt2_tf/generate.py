@@ -5,14 +5,18 @@ import sys
 
 import numpy as np
 
-from gpt2_tf.checkpoint import CheckpointError, latest, load_model
+from gpt2_tf.checkpoint import CheckpointError, latest, load_model, nonfinite_weights
 from gpt2_tf.encoder import get_encoder
-from gpt2_tf.hparams import load_hparams, model_dir
+from gpt2_tf.hparams import load_hparams, missing_model, model_dir
 from gpt2_tf.sample import Generator
 
 # When text has to be checked (stop strings) or shown while it is made, tokens are drawn in chunks
 # of this many steps, each chunk one call of the compiled loop.
 CHUNK = 8
+
+
+class GenerationError(ValueError):
+    """The model drew a token that is not in its vocabulary: its weights are damaged."""
 
 
 def find_model(model_name="124M", models_dir="models", run_name=None, checkpoint_dir="checkpoint"):
@@ -34,13 +38,18 @@ def find_model(model_name="124M", models_dir="models", run_name=None, checkpoint
 def load(model_name="124M", models_dir="models", run_name=None, checkpoint_dir="checkpoint", dtype=None):
     """(model, hparams, encoder) for a released model or a fine-tuned run."""
     weights, tokenizer = find_model(model_name, models_dir, run_name, checkpoint_dir)
-    if not os.path.exists(weights) and not os.path.exists(weights + ".index"):
-        raise CheckpointError(f"model not found at {weights}; download it first: "
-                              f"python download_model.py {model_name}")
+    if run_name is None and missing_model(model_name, models_dir):
+        raise CheckpointError(missing_model(model_name, models_dir))
     hparams = None
     if run_name is not None and not os.path.exists(os.path.join(os.path.dirname(weights), "hparams.json")):
         hparams = load_hparams(model_dir(model_name, models_dir))  # a run written by the original trainer
     model, hparams = load_model(weights, hparams=hparams, **({"dtype": dtype} if dtype else {}))
+    damaged = nonfinite_weights(model)
+    if damaged:
+        raise CheckpointError(f"{weights} is damaged: {damaged[0]}"
+                              + (f" and {len(damaged) - 1} more tensors" if len(damaged) > 1 else "")
+                              + " hold values that are not finite (NaN or infinity); "
+                              "use an earlier checkpoint")
     return model, hparams, get_encoder(os.path.basename(tokenizer), os.path.dirname(tokenizer) or ".")
 
 
@@ -78,6 +87,10 @@ def generate_texts(generator, enc, context, length, temperature=1.0, top_k=0, to
     shown = 0
     while True:
         tokens = state.numpy()[:, prompt_length:]
+        outside = tokens[(tokens < 0) | (tokens >= len(enc.decoder))]
+        if outside.size:
+            raise GenerationError(f"the model drew token id {outside[0]}, outside its vocabulary of "
+                                  f"{len(enc.decoder)} tokens: its weights are damaged")
         texts, ended = zip(*(stops.cut(enc.decode(row)) for row in tokens))
         done = state.length - prompt_length >= length or all(ended)
         if stream is not None:
@@ -157,10 +170,15 @@ def run(args, out=None):
     if not args.interactive:
         sample(*prepare(prompt_text or ""))
         return
+    try:
+        import readline  # noqa: F401  (input() then edits the line, and writes its prompt to stdout)
+    except ImportError:  # not on every platform
+        pass
     while True:
         try:
             text = input("Model prompt >>> ")
         except EOFError:
+            print()  # the shell's prompt starts on a new line
             return
         if not text:
             print("Prompt should not be empty!")

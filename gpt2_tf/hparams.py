@@ -110,6 +110,30 @@ def save_hparams(hparams, path):
         f.write("\n")
 
 
+def missing_model(model_name, models_dir="models", files=("hparams.json", "checkpoint")):
+    """Why `models_dir/model_name` cannot be used (None when it holds `files`), in one line that ends
+    with what to do: the download command for a released model, else what the folder lacks."""
+    path = model_dir(model_name, models_dir)
+    released_name = canonical_name(model_name) in RELEASED
+    download = f"python download_model.py {model_name}"
+    if os.path.normpath(models_dir) != "models":
+        download += f" --models_dir {models_dir}"
+    if not os.path.isdir(path):
+        if released_name:
+            return f"model {model_name} not found in {models_dir}; download it first: {download}"
+        folder = os.path.expanduser(os.path.expandvars(models_dir))
+        have = sorted(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n))) \
+            if os.path.isdir(folder) else []
+        return (f"no model {model_name} in {models_dir} (" + (f"it has {', '.join(have)}; " if have else "")
+                + f"the released models are {', '.join(RELEASED)})")
+    lacking = [name for name in files if not os.path.exists(os.path.join(path, name))]
+    if not lacking:
+        return None
+    if released_name:
+        return f"{path} is incomplete (no {lacking[0]}); finish the download: {download}"
+    return f"{path} is not a model folder: it has no {lacking[0]}"
+
+
 def model_dir(model_name, models_dir="models"):
     """The folder of a model: `models_dir/model_name`, or the folder of its new name for an old alias."""
     models_dir = os.path.expanduser(os.path.expandvars(models_dir))

@@ -13,7 +13,7 @@
     Saving checkpoint/<run>/model-<step>  every --save_every steps, at --steps, and on Ctrl-C / SIGTERM
     interrupted
 
-What changed (see README.md, "train.py"): model-N holds exactly N updates; a checkpoint also stores the
+What changed (see docs/train.md): model-N holds exactly N updates; a checkpoint also stores the
 optimizer state, the step and the random states, so a resumed run continues exactly as if it had not
 stopped; saving is atomic; --accumulate_gradients averages; the update is one compiled function,
 optionally in mixed precision, with recomputed blocks, and split across devices by tf.distribute.
@@ -23,7 +23,6 @@ T = n_ctx (the window length), V = n_vocab.
 """
 
 import contextlib
-import math
 import os
 import signal
 import sys
@@ -37,12 +36,14 @@ from tqdm import tqdm
 
 from gpt2_tf import checkpoint
 from gpt2_tf.checkpoint import CheckpointError
+from gpt2_tf.cli import UsageError
 from gpt2_tf.encoder import get_encoder
 from gpt2_tf.files import atomic_write
-from gpt2_tf.hparams import HParams, load_hparams, model_dir, save_hparams
+from gpt2_tf.hparams import save_hparams
 from gpt2_tf.model import GPT2, shape_list
-from gpt2_tf.optim import DISPLAY_NAMES, OPTIMIZERS, learning_rate_schedule, make_optimizer
+from gpt2_tf.optim import DISPLAY_NAMES, learning_rate_schedule, make_optimizer
 from gpt2_tf.sample import Generator, sample_sequence
+from gpt2_tf.train_checks import check_args
 from gpt2_tf.train_state import (
     RunCheckpoints,
     load_train_state,
@@ -55,8 +56,8 @@ from gpt2_tf.train_state import (
 POLICIES = {None: "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
-class UsageError(Exception):
-    """A problem with the flags or the inputs, reported as one line before any work starts."""
+class TrainingError(Exception):
+    """Training cannot go on (the loss or the gradients stay non-finite); the message is one line."""
 
 
 def say(*values):
@@ -64,68 +65,8 @@ def say(*values):
     print(*values, flush=True)
 
 
-def parse_memlimit(text):
-    """--twremat_memlimit: an integer of bytes, or with suffix K, M, G (x 1000, 10^6, 10^9)."""
-    factor = {"K": 10**3, "M": 10**6, "G": 10**9}.get(text[-1:].upper(), 1)
-    digits = text[:-1] if factor > 1 else text
-    if not digits.isdigit():
-        raise UsageError(f"--twremat_memlimit must be an integer with an optional K, M or G suffix, "
-                         f"got {text!r}")
-    return int(digits) * factor
-
-
 # ---------------------------------------------------------------------------------------------------
 # Set-up: checks, model, optimizer, devices.
-
-
-def check_args(args):
-    """Check what can be checked before any work; returns (hparams, model folder). Raises UsageError."""
-    if args.optimizer not in OPTIMIZERS:
-        raise UsageError(f"Bad optimizer: {args.optimizer} (choose from {', '.join(OPTIMIZERS)})")
-    for flag in ("batch_size", "accumulate_gradients", "val_batch_size", "val_batch_count", "sample_length"):
-        if getattr(args, flag) < 1:
-            raise UsageError(f"--{flag} must be at least 1")
-    for flag in ("sample_every", "save_every", "val_every", "sample_num", "max_to_keep"):
-        if getattr(args, flag) < 0:
-            raise UsageError(f"--{flag} must not be negative")
-    if args.steps is not None and args.steps < 0:
-        raise UsageError("--steps must not be negative")
-    parse_memlimit(args.twremat_memlimit)
-    base = model_dir(args.model_name, args.models_dir)
-    if not os.path.isdir(base):
-        raise UsageError(f"model directory {base} does not exist (download it with: "
-                         f"python download_model.py {args.model_name} --models_dir {args.models_dir})")
-    for name in ("hparams.json", "encoder.json", "vocab.bpe"):
-        if not os.path.exists(os.path.join(base, name)):
-            raise UsageError(f"{base} has no {name}")
-    try:
-        hparams = load_hparams(base)
-        if args.init == "scratch":
-            hparams = scratch_hparams(args, hparams)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if args.init != "scratch" and any(getattr(args, k) is not None for k in SHAPE_FLAGS):
-        raise UsageError("--n_ctx, --n_embd, --n_head and --n_layer are for --init scratch only")
-    if args.min_lr is not None and (args.lr_decay_steps or args.steps) is None:
-        raise UsageError("--min_lr needs --steps or --lr_decay_steps (where the decay ends)")
-    if args.sample_length > hparams.n_ctx - 1:
-        raise UsageError(f"Can't get samples longer than window size: {hparams.n_ctx} (--sample_length "
-                         f"{args.sample_length} plus the one context token must fit in n_ctx)")
-    return hparams, base
-
-
-SHAPE_FLAGS = ("n_ctx", "n_embd", "n_head", "n_layer")
-
-
-def scratch_hparams(args, hparams):
-    """The shape of a model trained from scratch: the run's own hparams.json when the run exists
-    (a resumed run keeps its shape), else the model folder's with the --n_* flags applied."""
-    saved = os.path.join(args.checkpoint_dir, args.run_name, "hparams.json")
-    if args.restore_from == "latest" and os.path.exists(saved):
-        return load_hparams(saved)
-    values = hparams.to_dict()
-    values.update({k: getattr(args, k) for k in SHAPE_FLAGS if getattr(args, k) is not None})
-    return HParams.from_dict(values)
 
 
 def make_strategy(kind="auto"):
@@ -306,7 +247,8 @@ class TrainStep:
     """One optimizer update as one compiled function, on every replica of a tf.distribute strategy.
 
     `step(inputs, labels)` takes [A, B, T] int32 arrays (A micro-batches of the global batch B) and
-    returns the loss: the mean cross-entropy over the A * B * (T - 1) predictions. The gradient is
+    returns (loss, applied): the loss is the mean cross-entropy over the A * B * (T - 1) predictions;
+    the update is applied only when the loss and every gradient are finite. The gradient is
     the mean over the same predictions, so A micro-batches of B rows give the update of one batch of
     A * B rows. Each replica takes its share of the B rows; the gradients are summed across replicas.
 
@@ -340,6 +282,7 @@ class TrainStep:
         if self.replicas == 1 and xla_update:
             self._apply = tf.function(self._apply_gradients, jit_compile=True)
         self._step = tf.function(self._distributed_step)
+        self._apply_step = tf.function(self._distributed_apply)
         self.copies = None
 
     def _make_copies(self):
@@ -387,6 +330,11 @@ class TrainStep:
         return [tf.cast(g, v.dtype) for g, v in zip(grads, self.variables)]
 
     def _replica_step(self, inputs, labels):
+        """(loss sum, finite, gradients). The update is applied only when the loss and every gradient
+        are finite on every replica, so that otherwise the weights and the optimizer state stay as
+        they were. On one device it is applied here; across replicas, by `_distributed_apply`, since
+        tf.distribute cannot all-reduce the gradients inside a condition (then gradients are returned).
+        """
         total, grads = self._gradients(inputs[0], labels[0])
         if self.accumulate > 1:  # the gradients are summed in float32
             def add_micro_batch(i, total, grads):
@@ -396,8 +344,16 @@ class TrainStep:
 
             _, total, grads = tf.while_loop(lambda i, *_: i < self.accumulate, add_micro_batch,
                                             (tf.constant(1), total, self._in_variable_dtype(grads)))
-        self._apply(grads)
-        return total
+        finite = tf.math.is_finite(total)
+        if not self.loss_scaling:  # with loss scaling, the optimizer handles overflowing gradients
+            finite = tf.reduce_all([finite] + [tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+        not_finite = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
+        finite = not_finite == 0
+        if self.replicas > 1:
+            return total, finite, grads
+        tf.cond(finite, lambda: self._apply(grads), lambda: None)
+        return total, finite, []
 
     def _apply_gradients(self, grads):
         self.optimizer.apply_gradients(zip(self._in_variable_dtype(grads), self.variables))
@@ -405,8 +361,12 @@ class TrainStep:
             copy.assign(tf.cast(variable, copy.dtype))
 
     def _distributed_step(self, inputs, labels):
-        totals = self.strategy.run(self._replica_step, args=(inputs, labels))
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None)
+        totals, finite, grads = self.strategy.run(self._replica_step, args=(inputs, labels))
+        finite = self.strategy.experimental_local_results(finite)[0]  # the same on every replica
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None), finite, grads
+
+    def _distributed_apply(self, grads):
+        self.strategy.run(self._apply, args=(grads,))
 
     def distribute(self, array, axis):
         """Give each replica its slice of `array` along `axis` (the batch axis)."""
@@ -423,8 +383,10 @@ class TrainStep:
     def __call__(self, inputs, labels):
         if self.copies is None:
             self.copies = self._make_copies()
-        total = self._step(self.distribute(inputs, 1), self.distribute(labels, 1))
-        return float(total) / self.predictions
+        total, finite, grads = self._step(self.distribute(inputs, 1), self.distribute(labels, 1))
+        if grads and bool(finite):
+            self._apply_step(grads)
+        return float(total) / self.predictions, bool(finite)
 
 
 class Evaluator:
@@ -469,7 +431,7 @@ class Evaluator:
 
 def current_learning_rate(optimizer):
     """The learning rate of the next update (a schedule evaluated at the optimizer's step)."""
-    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    return float(tf.convert_to_tensor(optimizer.learning_rate).numpy())
 
 
 def write_scalar(writer, tag, value, step):
@@ -491,13 +453,14 @@ def load_chunks(enc, path, args, n_ctx, what="dataset"):
     from gpt2_tf.dataset import Sampler, default_jobs, load_dataset
 
     try:
-        chunks = load_dataset(enc, path, args.combine, encoding=args.encoding,
+        chunks = load_dataset(enc, path, args.combine, encoding=args.encoding, errors=args.errors,
                               literal_endoftext=args.literal_endoftext, jobs=default_jobs())
         if not chunks:
             raise ValueError("no data found (does the path or pattern match any file?)")
         Sampler(chunks, seed=0).sample(n_ctx)  # the sampler's own check that windows fit
     except (OSError, ValueError) as e:
-        raise UsageError(f"{what} {path}: {e}") from None
+        message = str(e) if str(e).startswith(f"{path}:") else f"{path}: {e}"  # the path said once
+        raise UsageError(f"{what} {message}") from None
     return chunks, sum(len(c) for c in chunks)
 
 
@@ -715,19 +678,26 @@ def run(args):
     say("Training...")
     start_time = time.time()
     end = None if args.steps is None else step + args.steps
+    skipped = 0  # steps in a row whose update was skipped
     with StopRequest() as stop:
         if evaluator and step == 0:
             validation()
         while not stop.requested and (end is None or step < end):
-            loss = train_step(*next_batch())
+            loss, applied = train_step(*next_batch())
+            if not applied:
+                skipped += 1
+                print(f"warning: [{step + 1} | {elapsed():2.2f}] loss={loss:2.2f}: the loss or the gradients "
+                      f"are not finite; update skipped ({skipped} in a row)", file=sys.stderr, flush=True)
+                if skipped > args.max_nonfinite:
+                    break
+                continue
+            skipped = 0
             step += 1
             avg_loss = (avg_loss[0] * 0.99 + loss, avg_loss[1] * 0.99 + 1.0)
             write_scalar(writer, "loss", loss, step)
             write_scalar(writer, "learning_rate", current_learning_rate(optimizer), step)
             if step % args.print_every == 0 or step == end:
                 say(f"[{step} | {elapsed():2.2f}] loss={loss:2.2f} avg={avg_loss[0] / avg_loss[1]:2.2f}")
-            if not math.isfinite(loss):
-                print("warning: the loss is not finite", file=sys.stderr)
             if args.sample_every and step % args.sample_every == 0:
                 generate_samples()
             if evaluator and step % args.val_every == 0:
@@ -739,4 +709,8 @@ def run(args):
         if step != last_saved:
             save()
     writer.flush()
+    if skipped > args.max_nonfinite:
+        raise TrainingError(f"the loss or the gradients were not finite at {skipped} steps in a row; "
+                            f"stopped with the weights of step {step}, the last good ones (in {run_dir}). "
+                            "Lower --learning_rate, set --grad_clip, or check the data")
     return step

@@ -154,9 +154,10 @@ class RunCheckpoints:
 
         `state` is a JSON-friendly dict (step, random states, ...) stored as model-<step>.train/state.json.
         """
-        os.makedirs(self.folder, exist_ok=True)
         name = f"model-{step}"
         prefix = os.path.join(self.folder, name)
+        checkpoint.check_finite(model, prefix)  # before anything of an older model-<step> is removed
+        os.makedirs(self.folder, exist_ok=True)
         # A checkpoint of the same name from an earlier count is about to be replaced: unlist it and
         # delete it first, so that no reader can see a mix of its files and the new ones.
         forget_checkpoint(self.folder, name)

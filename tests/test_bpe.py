@@ -14,6 +14,7 @@ import textwrap
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from snapshot import snapshot
 
 from gpt2_tf import bpe, dataset
 from gpt2_tf.encoder import ENDOFTEXT, PAT, bytes_to_unicode, get_encoder, load_encoder_files
@@ -261,9 +262,76 @@ def test_cli_writes_a_model_folder(corpus, tmp_path):
 
 def test_cli_errors_are_one_line(corpus, tmp_path):
     for args, words in [(["--vocab_size", "256"], "at least 257"),
-                        (["--vocab_size", "300", str(tmp_path / "*.txt")], "no files matched")]:
+                        (["--vocab_size", "300", str(tmp_path / "*.txt")], "no files match this pattern")]:
         result = run_train_bpe(corpus[0], "--out", str(tmp_path / "out"), *args)
         assert result.returncode != 0
         assert result.stderr.startswith("train_bpe.py: error: ") and words in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# Bad usage: (arguments, with {tmp} for the test's folder, which holds a.txt, binary/blob and
+# trained/checkpoint; words the message must hold).
+BAD_USAGE = [
+    (["--vocab_size", "256"], "--vocab_size: must be at least 257, got 256"),
+    (["--vocab_size", "-5"], "--vocab_size: must be at least 257, got -5"),
+    (["--vocab_size", "1e3"], "--vocab_size: expected an integer, got '1e3'"),
+    (["--vocab_size", "nan"], "--vocab_size: expected an integer, got 'nan'"),
+    (["--min_frequency", "0"], "--min_frequency: must be at least 1, got 0"),
+    (["--n_ctx", "0"], "--n_ctx: must be at least 1, got 0"),
+    (["--n_embd", "-768"], "--n_embd: must be at least 1, got -768"),
+    (["--n_head", "0"], "--n_head: must be at least 1, got 0"),
+    (["--n_layer", "0"], "--n_layer: must be at least 1, got 0"),
+    (["--n_embd", "100", "--n_head", "12"], "--n_embd (100) must be a multiple of --n_head (12)"),
+    (["--out", "{tmp}/a.txt"], "{tmp}/a.txt is a file, not a folder"),
+    (["--out", "{tmp}/a.txt/new"], "cannot write to {tmp}/a.txt/new: {tmp}/a.txt is a file, not a folder"),
+    (["--out", "{tmp}/trained"], "{tmp}/trained holds a trained model (it has a checkpoint)"),
+    (["--encoding", "no-such-codec"], "encoding 'no-such-codec'"),
+    (["--encoding", "hex"], "'hex' is not a text encoding"),
+    (["{tmp}/missing.txt"], "{tmp}/missing.txt: no such file or folder"),
+    (["{tmp}/*.md"], "{tmp}/*.md: no files match this pattern"),
+    (["{tmp}/binary"], "{tmp}/binary: no text files in this folder (skipped 1 file holding NUL bytes)"),
+    (["--vocab_size"], "--vocab_size: expected one argument"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_USAGE)
+def test_cli_refuses_bad_usage_before_any_work(tmp_path, args, message):
+    (tmp_path / "a.txt").write_text("Some text to learn from, some text.")
+    (tmp_path / "binary").mkdir()
+    (tmp_path / "binary" / "blob").write_bytes(b"\x7fELF\0\0\0")
+    (tmp_path / "trained").mkdir()
+    (tmp_path / "trained" / "checkpoint").write_text('model_checkpoint_path: "model-10"\n')
+    before = snapshot(tmp_path)
+    args = [arg.format(tmp=tmp_path) for arg in args]
+    result = run_train_bpe(str(tmp_path / "a.txt"), "--vocab_size", "300", "--out", str(tmp_path / "new"),
+                           *args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert result.stderr.splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("train_bpe.py: error: ")
+    assert message.format(tmp=tmp_path) in result.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_cli_skips_hidden_pycache_and_binary_files(corpus, tmp_path):
+    project = tmp_path / "project"
+    (project / "__pycache__").mkdir(parents=True)
+    (project / ".git").mkdir()
+    texts = corpus[1][:3]
+    for i, text in enumerate(texts):
+        (project / f"{i}.py").write_text(text, encoding="utf-8")
+        (project / "__pycache__" / f"{i}.pyc").write_bytes(b"\xcb\r\r\n\0\0\0\0" + text.encode())
+    (project / ".git" / "index").write_bytes(b"DIRC\0\0\0\2" + texts[0].encode())
+    (project / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0" + texts[1].encode())
+    (project / ".notes.txt").write_text(MULTILINGUAL)
+    result = run_train_bpe(str(project), "--vocab_size", "500", "--out", str(tmp_path / "from_folder"),
+                           "--verbose")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("3 files (1 more skipped as not text), ")
+    assert f"skipped {project / 'image.png'}: not text (it holds NUL bytes)" in result.stderr.splitlines()
+    files = [str(project / f"{i}.py") for i in range(3)]
+    result = run_train_bpe(*files, "--vocab_size", "500", "--out", str(tmp_path / "from_files"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    for name in ("encoder.json", "vocab.bpe", "hparams.json"):
+        assert (tmp_path / "from_folder" / name).read_bytes() == (tmp_path / "from_files" / name).read_bytes()

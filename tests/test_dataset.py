@@ -229,9 +229,9 @@ def test_npz_that_is_not_tokens_is_refused(enc, tmp_path):
 
 
 def test_input_errors_name_the_problem(enc, tmp_path, monkeypatch):
-    with pytest.raises(DatasetError, match="no files matched"):
+    with pytest.raises(DatasetError, match="no files match this pattern"):
         list_files(str(tmp_path / "*.txt"))
-    with pytest.raises(DatasetError, match="no files in directory"):
+    with pytest.raises(DatasetError, match="no files in this folder"):
         list_files(str(tmp_path))
     with pytest.raises(DatasetError, match="no such file"):
         list_files(str(tmp_path / "missing.txt"))
@@ -246,6 +246,93 @@ def test_input_errors_name_the_problem(enc, tmp_path, monkeypatch):
     assert enc.decode(latin[0]).startswith("Ã¼nÃ¯cÃ¶dÃ©")
     with pytest.raises(DatasetError, match="unknown encoding"):
         load_dataset(enc, str(bad), encoding="no-such-codec", progress=False)
+
+
+def test_list_files_errors_leave_naming_the_path_to_the_caller(enc, tmp_path):
+    # gpt2_tf/train.py's load_chunks puts "dataset <path>: " in front of load_dataset's message.
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "binary").mkdir()
+    (tmp_path / "binary" / "blob").write_bytes(b"\x7fELF\0\0")
+    expected = {"missing.txt": "no such file or folder",
+                "*.md": "no files match this pattern",
+                "empty": "no files in this folder (hidden files and __pycache__ folders are not read)",
+                "binary": "no text files in this folder (skipped 1 file holding NUL bytes)",
+                "empty.txt": "no text: the input is empty"}
+    for name, message in expected.items():
+        path = str(tmp_path / name)
+        with pytest.raises(DatasetError) as error:
+            load_dataset(enc, path, progress=False)
+        assert f"dataset {path}: {error.value}" == f"dataset {path}: {message}"
+    # Several inputs: each message names its input, once.
+    with pytest.raises(DatasetError) as error:
+        load_dataset(enc, [str(tmp_path / "empty.txt"), str(tmp_path / "missing.txt")], progress=False)
+    assert str(error.value) == f"{tmp_path / 'missing.txt'}: no such file or folder"
+
+
+def make_source_tree(root):
+    """A folder as a checked-out project looks: real files, and a .git, a __pycache__ and a binary file."""
+    files = {"a.py": "print('a')\n", "sub/b.py": "def b():\n    return 2\n", "notes.txt": "Some notes.",
+             ".git/index": b"DIRC\0\0\0\2binary index", ".git/HEAD": "ref: refs/heads/main\n",
+             ".hidden.txt": "hidden text", "__pycache__/a.cpython-312.pyc": b"\xcb\r\r\n\0\0\0\0code",
+             "sub/__pycache__/b.cpython-312.pyc": b"\xcb\r\r\n\0\0\0\0more",
+             "logo.png": b"\x89PNG\r\n\x1a\n\0\0"}
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data if isinstance(data, bytes) else data.encode())
+
+
+def test_walking_a_folder_skips_hidden_pycache_and_binary_files(enc, tmp_path):
+    make_source_tree(tmp_path / "src")
+    src = tmp_path / "src"
+    skipped = []
+    files = list_files(str(src), skipped=skipped)
+    assert files == [str(src / "a.py"), str(src / "notes.txt"), str(src / "sub" / "b.py")]
+    assert skipped == [str(src / "logo.png")]  # hidden files and __pycache__ are left out, not counted
+    skipped = []
+    assert list_files(str(src / "**"), skipped=skipped) == files  # a pattern too; each file once
+    assert skipped == [str(src / "logo.png"), str(src / "__pycache__" / "a.cpython-312.pyc"),
+                       str(src / "sub" / "__pycache__" / "b.cpython-312.pyc")]
+    # Files named explicitly are read as given.
+    assert list_files(str(src / ".git" / "index")) == [str(src / ".git" / "index")]
+    assert dataset.list_inputs([str(src / "logo.png"), str(src), str(src / "a.py")]) == [
+        str(src / "logo.png")] + files
+    # What train.py gets: load_dataset of the folder encodes the real files only.
+    assert as_lists(load_dataset(enc, str(src), progress=False)) == as_lists(
+        load_dataset(enc, files, progress=False))
+    # Text with NUL bytes in UTF-16 is text; a file invalid in the encoding is still an error.
+    (src / "wide.txt").write_text("wide text", encoding="utf-16")
+    assert str(src / "wide.txt") in list_files(str(src), encoding="utf-16")
+    assert str(src / "wide.txt") not in list_files(str(src))
+    (src / "latin.txt").write_bytes("café".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"latin.txt: not valid utf-8 at byte 3"):
+        load_dataset(enc, str(src), progress=False)
+
+
+def test_files_that_are_not_npz_files_say_so(enc, tmp_path):
+    np.save(tmp_path / "array.npy", np.arange(5))
+    os.rename(tmp_path / "array.npy", tmp_path / "renamed.npz")
+    with pytest.raises(DatasetError, match=r"renamed.npz: not an .npz file: it is a single .npy array"):
+        load_npz(tmp_path / "renamed.npz")
+    (tmp_path / "text.npz").write_text("just some text\n")
+    with pytest.raises(DatasetError) as error:
+        load_dataset(enc, str(tmp_path / "text.npz"), progress=False)
+    message = "not an .npz file: it is not a zip archive, as .npz files are"
+    assert str(error.value) == f"{tmp_path / 'text.npz'}: {message}"
+    np.savez(tmp_path / "empty.npz")  # an empty zip archive is an .npz file without arrays
+    assert load_npz(tmp_path / "empty.npz") == []
+
+
+def test_loading_npz_files_shows_no_encoding_bar(enc, tmp_path, capsys):
+    np.savez(tmp_path / "a.npz", np.arange(100, dtype=np.uint16))
+    np.savez(tmp_path / "b.npz", np.arange(50, dtype=np.uint16))
+    chunks = load_dataset(enc, str(tmp_path), progress=True)
+    assert [len(chunk) for chunk in chunks] == [100, 50]
+    assert capsys.readouterr().err == ""
+    (tmp_path / "c.txt").write_text("text to encode")
+    load_dataset(enc, str(tmp_path), progress=True)
+    assert "Encoding" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -31,6 +32,17 @@ def test_quick_demo_learns(tmp_path):
     enc = get_encoder("demo", str(tmp_path / "checkpoint"))
     logits = model(np.array([enc.encode("def main():")]))["logits"]
     assert logits.shape[-1] == 512
+    # It ends with the commands that go on from there, and they work as printed.
+    after = out.stdout.split("What to do next")[1]
+    commands = [shlex.split(line) for line in after.splitlines() if line.startswith("python ")]
+    scripts = [c[1] for c in commands]
+    assert scripts[:3] == ["sample.py", "sample.py", "train.py"] and "download_model.py" in scripts
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sampled = subprocess.run([sys.executable, *commands[0][1:]], cwd=root, capture_output=True, text=True)
+    assert sampled.returncode == 0 and "SAMPLE 1" in sampled.stdout, sampled.stderr[-2000:]
+    trained = subprocess.run([sys.executable, *commands[2][1:], "--steps", "2"], cwd=root,
+                             capture_output=True, text=True)
+    assert trained.returncode == 0 and "[62 |" in trained.stdout, trained.stdout[-2000:] + trained.stderr
 
 
 def test_scratch_run_resumes_with_its_own_shape(tmp_path, tiny_model):

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from snapshot import snapshot
 
 from gpt2_tf import download
 from gpt2_tf.bundle_index import read_bundle_index
@@ -359,10 +360,10 @@ def test_verify_names_the_file_at_fault(model_copy, filename, change, message):
 
 # The command line.
 
-def run_script(*args, code=None):
+def run_script(*args, code=None, keep_base_url=False):
     """Run download_model.py (or `code`, with the same argv) from the repository's folder."""
     command = [sys.executable, "download_model.py"] if code is None else [sys.executable, "-c", code]
-    env = {k: v for k, v in os.environ.items() if k != "GPT2_BASE_URL"}
+    env = {k: v for k, v in os.environ.items() if k != "GPT2_BASE_URL" or keep_base_url}
     return subprocess.Popen(command + list(args), cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -373,13 +374,63 @@ TINY_AS_124M = ("import runpy, sys; from gpt2_tf import hparams; "
                 "sys.argv[0] = 'download_model.py'; runpy.run_path('download_model.py', run_name='__main__')")
 
 
-def test_script_refuses_an_unknown_name(tmp_path):
-    process = run_script("745M", "--models_dir", str(tmp_path / "models"))
+# Bad usage: (arguments, with {tmp} for the test's folder, which holds the file a.txt; environment
+# variables; the whole message, after "download_model.py: error: ").
+VALID = "valid names are 124M, 355M, 774M, 1558M (old names 117M, 345M are accepted)"
+BAD_USAGE = [
+    (["745M", "--models_dir", "{tmp}/models"], {}, f"unknown model '745M'; {VALID}"),
+    (["", "--models_dir", "{tmp}/models"], {}, f"unknown model ''; {VALID}"),
+    (["../124M", "--models_dir", "{tmp}/models"], {}, f"unknown model '../124M'; {VALID}"),
+    (["124M", "--models_dir", "{tmp}/a.txt"], {}, "--models_dir {tmp}/a.txt is a file, not a folder"),
+    (["124M", "--models_dir", "{tmp}/a.txt/models"], {},
+     "--models_dir {tmp}/a.txt/models: {tmp}/a.txt is a file, not a folder"),
+    (["124M", "--models_dir", "{tmp}", "--base_url", "ftp://example.com/models"], {},
+     "--base_url 'ftp://example.com/models' is not an http:// or https:// URL"),
+    (["124M", "--models_dir", "{tmp}", "--base_url", "example.com/models"], {},
+     "--base_url 'example.com/models' is not an http:// or https:// URL"),
+    (["124M", "--models_dir", "{tmp}", "--base_url", "https://"], {},
+     "--base_url 'https://' is not an http:// or https:// URL"),
+    (["124M", "--models_dir", "{tmp}"], {"GPT2_BASE_URL": "mirror/models"},
+     "GPT2_BASE_URL 'mirror/models' is not an http:// or https:// URL"),
+    (["124M", "--retries", "3"], {}, "unrecognized arguments: --retries 3"),
+    ([], {}, "the following arguments are required: model_name"),
+]
+
+
+@pytest.mark.parametrize("args, env, message", BAD_USAGE)
+def test_script_refuses_bad_usage_before_any_work(tmp_path, monkeypatch, args, env, message):
+    (tmp_path / "a.txt").write_text("a file")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    process = run_script(*[arg.format(tmp=tmp_path) for arg in args], keep_base_url=bool(env))
     out, err = process.communicate(timeout=30)
-    assert process.returncode == 1 and out == ""
-    assert err.splitlines() == ["download_model.py: error: unknown model '745M'; valid names are 124M, 355M, "
-                                "774M, 1558M (old names 117M, 345M are accepted)"]
-    assert not (tmp_path / "models").exists()
+    assert process.returncode == 2 and out == ""
+    assert "Traceback" not in err
+    assert err.splitlines() == [f"download_model.py: error: {message.format(tmp=tmp_path)}"]
+    assert sorted(snapshot(tmp_path)) == ["a.txt"]
+
+
+def test_failed_download_leaves_no_empty_folder(fetch, server, tmp_path):
+    # Nothing fetched: the folders the download made are removed, not the ones that were there.
+    server.faults["/124M/checkpoint"] = ["404"]
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        fetch(models_dir=str(tmp_path / "new" / "models"))
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "models").mkdir()
+    server.faults["/124M/checkpoint"] = ["404"]
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        fetch()
+    assert sorted(snapshot(tmp_path)) == ["models"]
+    # Files fetched, or a .part file to resume from: the folder stays.
+    server.faults["/124M/hparams.json"] = ["404"]
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        fetch()
+    assert sorted(os.listdir(tmp_path / "models" / "124M")) == ["checkpoint", "encoder.json"]
+    shutil.rmtree(tmp_path / "models" / "124M")
+    server.faults["/124M/checkpoint"] = ["drop"]
+    with pytest.raises(DownloadError, match="gave up after 0 retries"):
+        fetch(retries=0)
+    assert os.listdir(tmp_path / "models" / "124M") == ["checkpoint.part"]
 
 
 def test_script_downloads_and_checks(server, source, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from snapshot import snapshot
 
 from gpt2_tf import fast_encoder
 from gpt2_tf.encoder import PAT, get_encoder
@@ -202,7 +203,7 @@ def test_cli_output_is_the_same_for_any_jobs_and_encoder(vocab_dir, tmp_path):
 
 def test_cli_errors_are_one_line(vocab_dir, tmp_path):
     assert_one_line_error(run_encode(vocab_dir, str(tmp_path / "*.txt"), str(tmp_path / "o.npz")),
-                          "no files matched")
+                          "no files match this pattern")
     (tmp_path / "empty.txt").write_text("")
     assert_one_line_error(run_encode(vocab_dir, str(tmp_path / "empty.txt"), str(tmp_path / "o.npz")),
                           "empty")
@@ -230,3 +231,91 @@ def test_cli_unreadable_file(vocab_dir, tmp_path):
         path.chmod(0)
     assert_one_line_error(run_encode(vocab_dir, str(path), str(tmp_path / "o.npz")), "cannot read")
     assert not (tmp_path / "o.npz").exists()
+
+
+# Bad usage: (arguments, with {tmp} for the test's folder and {vocab} for the tokenizer's models folder;
+# words the message must hold). The folder holds a.txt, old.npz, corpus/b.txt, models/ (empty) and
+# mine/notes.txt.
+BAD_USAGE = [
+    (["--combine", "-1", "{tmp}/a.txt", "{tmp}/o.npz"], "--combine: must be at least 0, got -1"),
+    (["--combine", "nan", "{tmp}/a.txt", "{tmp}/o.npz"], "--combine: expected an integer, got 'nan'"),
+    (["--jobs", "0", "{tmp}/a.txt", "{tmp}/o.npz"], "--jobs: must be at least 1, got 0"),
+    (["--jobs", "inf", "{tmp}/a.txt", "{tmp}/o.npz"], "--jobs: expected an integer"),
+    (["--encoding", "no-such-codec", "{tmp}/a.txt", "{tmp}/o.npz"], "encoding 'no-such-codec'"),
+    (["--encoding", "base64", "{tmp}/a.txt", "{tmp}/o.npz"], "'base64' is not a text encoding"),
+    (["--errors", "ignore", "{tmp}/a.txt", "{tmp}/o.npz"], "--errors: invalid choice"),
+    (["{tmp}/a.txt"], "required: OUT.npz"),
+    (["{tmp}/missing.txt", "{tmp}/o.npz"], "{tmp}/missing.txt: no such file or folder"),
+    (["{tmp}/a.txt", "{tmp}/missing/", "{tmp}/o.npz"], "{tmp}/missing/: no such file or folder"),
+    (["{tmp}/*.md", "{tmp}/o.npz"], "{tmp}/*.md: no files match this pattern"),
+    (["{tmp}/models", "{tmp}/o.npz"], "{tmp}/models: no files in this folder"),
+    (["{tmp}/a.txt", "{tmp}/corpus"], "the output {tmp}/corpus is a folder; the last argument is the .npz"),
+    (["{tmp}/a.txt", "{tmp}/missing/o.npz"], "cannot write {tmp}/missing/o.npz: folder {tmp}/missing does"),
+    (["{tmp}/old.npz", "{tmp}/a.txt", "{tmp}/old.npz"], "the output {tmp}/old.npz is also an input"),
+    (["{tmp}", "{tmp}/old"], "the output {tmp}/old.npz is also an input"),  # found in the folder
+    (["--models_dir", "{tmp}/models", "--model_name", "124M", "{tmp}/a.txt", "{tmp}/o.npz"],
+     "no tokenizer: model 124M not found in {tmp}/models; download it first: python download_model.py 124M "
+     "--models_dir {tmp}/models"),
+    (["--models_dir", "models", "--model_name", "345M", "{tmp}/a.txt", "{tmp}/o.npz"],
+     "model 345M not found in models; download it first: python download_model.py 345M"),
+    (["--models_dir", "{tmp}/models", "--model_name", "117M", "{tmp}/a.txt", "{tmp}/o.npz"],
+     "download it first: python download_model.py 117M --models_dir {tmp}/models"),
+    (["--models_dir", "{tmp}", "--model_name", "mine", "{tmp}/a.txt", "{tmp}/o.npz"],
+     "no tokenizer: {tmp}/mine is not a model folder: it has no encoder.json"),
+    (["--models_dir", "{tmp}", "--model_name", "yours", "{tmp}/a.txt", "{tmp}/o.npz"],
+     "no tokenizer: no model yours in {tmp} (it has corpus, mine, models; the released models are 124M"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_USAGE)
+def test_cli_refuses_bad_usage_before_any_work(vocab_dir, tmp_path, args, message):
+    (tmp_path / "a.txt").write_text("Some text.")
+    np.savez(tmp_path / "old.npz", np.arange(5, dtype=np.uint16))
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "b.txt").write_text("More text.")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not a model")
+    before = snapshot(tmp_path)
+    args = [arg.format(tmp=tmp_path) for arg in args]
+    if "345M" in message and os.path.isdir(os.path.join(ROOT, "models", "355M")):
+        pytest.skip("355M is downloaded in this checkout")
+    result = run_encode(vocab_dir, *args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert result.stderr.splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("encode.py: error: ")
+    assert message.format(tmp=tmp_path) in result.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_cli_encodes_several_inputs_skipping_what_is_not_text(vocab_dir, tmp_path, enc):
+    project = tmp_path / "project"
+    files = {"a.py": "print('a')\n", "sub/b.py": "def b():\n    return 2\n",
+             ".git/index": b"DIRC\0\0\0\2binary index", ".git/HEAD": "ref: refs/heads/main\n",
+             "__pycache__/a.cpython-312.pyc": b"\xcb\r\r\n\0\0\0\0code", "logo.png": b"\x89PNG\r\n\x1a\n\0\0"}
+    for name, data in files.items():
+        path = project / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    (tmp_path / "docs").mkdir()
+    for name in ("x.txt", "y.txt", "z.md"):
+        (tmp_path / "docs" / name).write_text(f"Document {name}.")
+    (tmp_path / "docs" / "blob.txt").write_bytes(b"looks like text\0but is not")
+    (tmp_path / "first.txt").write_text("The first input.")
+    result = run_encode(vocab_dir, "--verbose", "--combine", "0", str(tmp_path / "first.txt"), str(project),
+                        str(tmp_path / "docs" / "*.txt"), str(tmp_path / "out.npz"))
+    assert result.returncode == 0, result.stderr
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
+    assert skipped == [f"skipped {project / 'logo.png'}: not text (it holds NUL bytes)",
+                       f"skipped {tmp_path / 'docs' / 'blob.txt'}: not text (it holds NUL bytes)"]
+    summary = result.stdout.splitlines()[-1]
+    assert summary.startswith("5 files (2 more skipped as not text), ")
+    texts = ["The first input.", "print('a')\n", "def b():\n    return 2\n", "Document x.txt.",
+             "Document y.txt."]
+    with np.load(tmp_path / "out.npz") as npz:
+        chunks = [npz[name].tolist() for name in npz.files]
+    assert chunks == [enc.encode(text) for text in texts]  # --combine 0: a chunk per file
+    # A binary file named explicitly is read as given.
+    result = run_encode(vocab_dir, str(project / ".git" / "index"), str(tmp_path / "index.npz"))
+    assert result.returncode == 0 and "1 file, " in result.stdout, result.stderr

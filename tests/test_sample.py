@@ -212,8 +212,8 @@ def test_cli_errors_are_one_line_and_output_is_utf8(tiny_model, tmp_path):
     models_dir, name, _ = tiny_model
     base = [sys.executable, os.path.join(REPO, "sample.py"), "--models_dir", models_dir]
     bad = subprocess.run(base + ["--model_name", "missing"], capture_output=True, text=True)
-    assert bad.returncode != 0
-    assert bad.stderr.strip().splitlines()[-1].startswith("sample.py: error: model not found")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("sample.py: error: no model missing in")
     assert "Traceback" not in bad.stderr
     out = tmp_path / "out.txt"
     env = dict(os.environ, PYTHONIOENCODING="ascii")
@@ -222,3 +222,15 @@ def test_cli_errors_are_one_line_and_output_is_utf8(tiny_model, tmp_path):
     ok = subprocess.run(base + argv, capture_output=True, text=True, env=env)
     assert ok.returncode == 0, ok.stderr
     assert out.read_text(encoding="utf-8").splitlines()[1].startswith("Ünïcödé ☃")
+
+
+def test_tokens_outside_the_vocabulary_are_an_error(tiny_model):
+    """A damaged model (NaN weights) draws no real token: a clear error, not a KeyError in the decoder."""
+    from gpt2_tf.generate import GenerationError
+
+    models_dir, name, _ = tiny_model
+    model, _ = load_model(os.path.join(models_dir, name))
+    model.variables_by_name()["model/ln_f/b"].assign(np.full([32], np.nan, np.float32))
+    enc = get_encoder(name, models_dir)
+    with pytest.raises(GenerationError, match="outside its vocabulary"):
+        generate_texts(Generator(model), enc, [[50256]], 4, seed=1)

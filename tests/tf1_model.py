@@ -4,7 +4,7 @@ The released model directories hold `checkpoint`, `model.ckpt.{index,data-00000-
 `hparams.json`, `encoder.json` and `vocab.bpe`. `write_original_model` builds the same variables with
 `tf.compat.v1` in graph mode, fills them with random values (gains and biases included, so that a
 mistake in any of them shows), and saves them with a TF1 `Saver`. The tokenizer files are the real
-GPT-2 ones, read from the shared vocabulary folder.
+GPT-2 ones, copied from the folder that `gpt2_vocab.find_vocab` finds.
 """
 
 import json
@@ -12,11 +12,7 @@ import os
 import shutil
 
 import numpy as np
-
-VOCAB_DIR = os.environ.get(
-    "GPT2_VOCAB_DIR",
-    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "gpt2-vocab"),
-)
+from gpt2_vocab import find_vocab
 
 TINY_HPARAMS = {"n_vocab": 50257, "n_ctx": 64, "n_embd": 32, "n_head": 4, "n_layer": 2}
 
@@ -64,8 +60,11 @@ def random_weights(hparams, seed=0):
     return weights
 
 
-def write_original_model(model_dir, hparams=TINY_HPARAMS, seed=0, vocab_dir=VOCAB_DIR):
-    """Write a model directory in the release layout and return its weights {tf1_name: ndarray}."""
+def write_original_model(model_dir, hparams=TINY_HPARAMS, seed=0, vocab_dir=None):
+    """Write a model directory in the release layout and return its weights {tf1_name: ndarray}.
+
+    vocab_dir: where encoder.json and vocab.bpe are copied from; default the one find_vocab() finds.
+    """
     import tensorflow as tf
 
     os.makedirs(model_dir, exist_ok=True)
@@ -86,6 +85,7 @@ def write_original_model(model_dir, hparams=TINY_HPARAMS, seed=0, vocab_dir=VOCA
     with open(os.path.join(model_dir, "hparams.json"), "w") as f:
         json.dump(hparams, f, indent=2)
         f.write("\n")
+    vocab_dir = find_vocab() if vocab_dir is None else vocab_dir
     for name in ("encoder.json", "vocab.bpe"):
         shutil.copyfile(os.path.join(vocab_dir, name), os.path.join(model_dir, name))
     return weights
