@@ -247,8 +247,9 @@ class TrainStep:
     """One optimizer update as one compiled function, on every replica of a tf.distribute strategy.
 
     `step(inputs, labels)` takes [A, B, T] int32 arrays (A micro-batches of the global batch B) and
-    returns (loss, applied): the loss is the mean cross-entropy over the A * B * (T - 1) predictions;
-    the update is applied only when the loss and every gradient are finite. The gradient is
+    returns (loss, finite): the loss is the mean cross-entropy over the A * B * (T - 1) predictions,
+    and whether it and every gradient are finite. When they are not, the update is skipped on one
+    device (`can_skip`); across replicas it cannot be, and the weights are no longer sound. The gradient is
     the mean over the same predictions, so A micro-batches of B rows give the update of one batch of
     A * B rows. Each replica takes its share of the B rows; the gradients are summed across replicas.
 
@@ -282,7 +283,7 @@ class TrainStep:
         if self.replicas == 1 and xla_update:
             self._apply = tf.function(self._apply_gradients, jit_compile=True)
         self._step = tf.function(self._distributed_step)
-        self._apply_step = tf.function(self._distributed_apply)
+        self.can_skip = self.replicas == 1  # whether a non-finite update is skipped (see _replica_step)
         self.copies = None
 
     def _make_copies(self):
@@ -330,10 +331,11 @@ class TrainStep:
         return [tf.cast(g, v.dtype) for g, v in zip(grads, self.variables)]
 
     def _replica_step(self, inputs, labels):
-        """(loss sum, finite, gradients). The update is applied only when the loss and every gradient
-        are finite on every replica, so that otherwise the weights and the optimizer state stay as
-        they were. On one device it is applied here; across replicas, by `_distributed_apply`, since
-        tf.distribute cannot all-reduce the gradients inside a condition (then gradients are returned).
+        """(loss sum, whether the loss and every gradient are finite on every replica).
+
+        On one device the update is applied only when they are, so that otherwise the weights and the
+        optimizer state stay as they were. Across replicas it is always applied: tf.distribute cannot
+        all-reduce the gradients inside a condition (the caller stops the run instead).
         """
         total, grads = self._gradients(inputs[0], labels[0])
         if self.accumulate > 1:  # the gradients are summed in float32
@@ -350,10 +352,11 @@ class TrainStep:
         not_finite = tf.distribute.get_replica_context().all_reduce(
             tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
         finite = not_finite == 0
-        if self.replicas > 1:
-            return total, finite, grads
-        tf.cond(finite, lambda: self._apply(grads), lambda: None)
-        return total, finite, []
+        if self.can_skip:
+            tf.cond(finite, lambda: self._apply(grads), lambda: None)
+        else:
+            self._apply(grads)
+        return total, finite
 
     def _apply_gradients(self, grads):
         self.optimizer.apply_gradients(zip(self._in_variable_dtype(grads), self.variables))
@@ -361,12 +364,9 @@ class TrainStep:
             copy.assign(tf.cast(variable, copy.dtype))
 
     def _distributed_step(self, inputs, labels):
-        totals, finite, grads = self.strategy.run(self._replica_step, args=(inputs, labels))
+        totals, finite = self.strategy.run(self._replica_step, args=(inputs, labels))
         finite = self.strategy.experimental_local_results(finite)[0]  # the same on every replica
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None), finite, grads
-
-    def _distributed_apply(self, grads):
-        self.strategy.run(self._apply, args=(grads,))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None), finite
 
     def distribute(self, array, axis):
         """Give each replica its slice of `array` along `axis` (the batch axis)."""
@@ -383,9 +383,7 @@ class TrainStep:
     def __call__(self, inputs, labels):
         if self.copies is None:
             self.copies = self._make_copies()
-        total, finite, grads = self._step(self.distribute(inputs, 1), self.distribute(labels, 1))
-        if grads and bool(finite):
-            self._apply_step(grads)
+        total, finite = self._step(self.distribute(inputs, 1), self.distribute(labels, 1))
         return float(total) / self.predictions, bool(finite)
 
 
@@ -683,8 +681,13 @@ def run(args):
         if evaluator and step == 0:
             validation()
         while not stop.requested and (end is None or step < end):
-            loss, applied = train_step(*next_batch())
-            if not applied:
+            loss, finite = train_step(*next_batch())
+            if not finite and not train_step.can_skip:
+                raise TrainingError(f"the loss or the gradients were not finite at step {step + 1} "
+                                    f"(loss={loss}); with several replicas the update cannot be skipped, so "
+                                    "the run stops without saving (its checkpoints stay as they were). "
+                                    "Lower --learning_rate, set --grad_clip, or check the data")
+            if not finite:
                 skipped += 1
                 print(f"warning: [{step + 1} | {elapsed():2.2f}] loss={loss:2.2f}: the loss or the gradients "
                       f"are not finite; update skipped ({skipped} in a row)", file=sys.stderr, flush=True)

@@ -675,3 +675,18 @@ def test_nonfinite_weights_are_never_saved(tmp_path, tiny_model):
     saved = checkpoint.read(str(tmp_path / "run"))
     assert checkpoint.latest(str(tmp_path / "run")).endswith("model-3")
     assert all(np.isfinite(array).all() for array in saved.values())
+
+
+def test_several_replicas_stop_at_a_nonfinite_step_without_saving(tmp_path, tiny_model, data):
+    """Across replicas a bad update cannot be skipped: the run stops at once with exit status 1, and
+    its newest checkpoint is the last one saved before, with finite weights."""
+    argv = flags(tmp_path, tiny_model, data, "--steps", "4", "--batch_size", "4", "--optimizer", "sgd",
+                 "--learning_rate", "1e30", "--save_every", "1", "--distribute", "mirrored")
+    done = subprocess.run([sys.executable, "-c", TWO_CPUS, *argv], capture_output=True, text=True,
+                          env=SUBPROCESS_ENV, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "with several replicas the update cannot be skipped" in done.stderr.splitlines()[-1]
+    newest = checkpoint.latest(str(tmp_path / "checkpoint" / "run1"))
+    assert all(np.isfinite(w).all() for w in checkpoint.read(newest).values())
+    step = int(newest.rsplit("-", 1)[1])
+    assert f"[{step + 1} |" not in done.stdout  # the bad step was not counted, nor saved
