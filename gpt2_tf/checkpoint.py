@@ -9,7 +9,6 @@ trainer, and this package all use this format, so each can read the others' file
 import os
 import tempfile
 
-import numpy as np
 import tensorflow as tf
 
 from gpt2_tf.files import atomic_write
@@ -71,9 +70,15 @@ def restore(model, path):
             problems.append(f"{name} has shape {list(stored[name])}, the model needs {want}")
     if problems:
         raise CheckpointError(f"checkpoint {prefix} does not fit the model: " + "; ".join(problems))
-    for name, variable in wanted.items():
-        variable.assign(tf.cast(reader.get_tensor(name).reshape(variable.shape), variable.dtype))
+    for name, variable in wanted.items():  # one tensor at a time, read straight into TensorFlow
+        variable.assign(tf.cast(tf.reshape(read_tensor(prefix, name), variable.shape), variable.dtype))
     return prefix
+
+
+def read_tensor(prefix, name):
+    """One float32 tensor of a checkpoint, read as a TensorFlow tensor (no NumPy copy on the way)."""
+    return tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[name], shape_and_slices=[""],
+                                dtypes=[tf.float32])[0]
 
 
 def nonfinite_weights(model):
@@ -105,13 +110,15 @@ def save(model, prefix, state_file=True, max_to_keep=None):
     """
     check_finite(model, prefix)
     shapes = model.hparams.variable_shapes()
-    tensors = {name: tf.cast(v, tf.float32).numpy().reshape(shapes[name])
+    # The weights' own values, reshaped (no copies), so that saving needs no second copy of the model.
+    tensors = {name: tf.reshape(tf.cast(v, tf.float32), shapes[name])
                for name, v in model.variables_by_name().items()}
     return save_tensors(tensors, prefix, state_file=state_file, max_to_keep=max_to_keep)
 
 
 def save_tensors(tensors, prefix, state_file=True, max_to_keep=None):
-    """`save` for a dict {TF1 name: array}; see `save`."""
+    """`save` for a dict {TF1 name: array or tensor}; see `save`. TensorFlow writes the tensors one
+    after the other, from where they are: the only memory used is theirs."""
     folder = os.path.dirname(os.path.abspath(prefix))
     os.makedirs(folder, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=folder)
@@ -119,7 +126,7 @@ def save_tensors(tensors, prefix, state_file=True, max_to_keep=None):
         tmp_prefix = os.path.join(tmp, "ckpt")
         names = sorted(tensors)
         tf.raw_ops.SaveV2(prefix=tmp_prefix, tensor_names=names, shape_and_slices=[""] * len(names),
-                          tensors=[np.asarray(tensors[n]) for n in names])
+                          tensors=[tensors[n] for n in names])
         for suffix in (".data-00000-of-00001", ".index"):
             os.replace(tmp_prefix + suffix, prefix + suffix)
     finally:

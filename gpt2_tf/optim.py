@@ -18,7 +18,6 @@ With float16 training the optimizer is wrapped in a LossScaleOptimizer (dynamic 
 import math
 
 import keras
-import numpy as np
 
 OPTIMIZERS = ("adam", "sgd", "adafactor", "adamw")
 
@@ -110,12 +109,14 @@ def _state_variables(optimizer):
 
 
 def optimizer_state(optimizer):
-    """The optimizer's state as a list of (path, numpy array), in a fixed order.
+    """The optimizer's state as a list of (path, tensor), in a fixed order.
 
-    The optimizer must be built. The order follows the variables it was built on, so the state can
-    be loaded back into an optimizer of the same kind built on the same variables.
+    The tensors are the variables' values as they are, not copies, so that saving them takes no
+    memory beyond the state itself. The optimizer must be built. The order follows the variables it
+    was built on, so the state can be loaded back into an optimizer of the same kind built on the
+    same variables.
     """
-    return [(v.path, np.asarray(v.numpy())) for v in _state_variables(optimizer)]
+    return [(v.path, keras.ops.convert_to_tensor(v)) for v in _state_variables(optimizer)]
 
 
 def describe_state(optimizer):
@@ -145,12 +146,13 @@ def state_mismatch(optimizer, shapes):
 
 
 def load_optimizer_state(optimizer, arrays):
-    """Assign a list of arrays (as from `optimizer_state`, same order) to a built optimizer."""
-    problem = state_mismatch(optimizer, [np.shape(value) for value in arrays])
-    if problem:
-        raise ValueError(problem)
+    """Assign arrays (as from `optimizer_state`, same order) to a built optimizer, one at a time.
+
+    `arrays` is any sequence; one that reads each array when it is asked for (as `load_train_state`
+    gives) keeps at most one of them in memory. Check their shapes first with `state_mismatch`.
+    """
     for variable, value in zip(_state_variables(optimizer), arrays):
-        variable.assign(np.reshape(value, variable.shape))
+        variable.assign(keras.ops.reshape(value, variable.shape))
 
 
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):

@@ -43,7 +43,7 @@ from gpt2_tf.hparams import save_hparams
 from gpt2_tf.model import GPT2, shape_list
 from gpt2_tf.optim import DISPLAY_NAMES, learning_rate_schedule, make_optimizer
 from gpt2_tf.sample import Generator, sample_sequence
-from gpt2_tf.train_checks import check_args
+from gpt2_tf.train_checks import check_args, memory_warning
 from gpt2_tf.train_state import (
     RunCheckpoints,
     load_train_state,
@@ -516,6 +516,9 @@ def run(args):
     Raises UsageError (before any work) for bad flags or inputs.
     """
     hparams, base_dir = check_args(args)
+    warning = memory_warning(hparams, args)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     n_ctx = hparams.n_ctx
     strategy = make_strategy(args.distribute)
     chief = is_chief(strategy)

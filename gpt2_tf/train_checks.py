@@ -81,3 +81,48 @@ def scratch_hparams(args, hparams):
     values = hparams.to_dict()
     values.update({k: getattr(args, k) for k in SHAPE_FLAGS if getattr(args, k) is not None})
     return HParams.from_dict(values)
+
+
+# Bytes per trained parameter of an optimizer's state (Adafactor keeps only row and column sums).
+OPTIMIZER_STATE_BYTES = {"adam": 8, "adamw": 8, "sgd": 0, "adafactor": 0}
+
+
+def memory_warning(hparams, args, available=None):
+    """A warning (or None) when the run is unlikely to fit in the memory available.
+
+    The estimate counts only what the run certainly holds: the float32 weights, the optimizer's
+    state, the bfloat16/float16 copies in mixed precision, and all the gradients at once unless
+    --memory_saving_gradients applies each as it comes. Activations come on top, so a run near the
+    limit is warned about too. `available`: bytes (default: MemAvailable of /proc/meminfo, where
+    there is one).
+    """
+    if available is None:
+        available = available_memory()
+    if available is None:
+        return None
+    params = hparams.n_params()
+    parts = {"weights": 4 * params, "optimizer state": OPTIMIZER_STATE_BYTES[args.optimizer] * params}
+    if args.mixed_precision:
+        parts["half-precision copies"] = 2 * params
+    if not (args.memory_saving_gradients or args.twremat):
+        parts["gradients"] = 4 * params
+    needed = sum(parts.values())
+    if needed < 0.9 * available:
+        return None
+    gib = 1 << 30
+    said = ", ".join(f"{name} {size / gib:.1f}" for name, size in parts.items() if size)
+    return (f"warning: this run holds at least {needed / gib:.1f} GiB ({said}) before activations, and "
+            f"{available / gib:.1f} GiB of memory is available: it will likely run out of memory. Use "
+            "--memory_saving_gradients, --optimizer sgd or adafactor, or a smaller model")
+
+
+def available_memory():
+    """Bytes of memory available to a new process (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -22,6 +22,7 @@ readers once its `.index` does, and by then everything else of it is complete; t
 ever names complete checkpoints.
 """
 
+import collections.abc
 import json
 import os
 import shutil
@@ -112,9 +113,28 @@ def load_train_state(prefix):
         state = json.load(f)
     arrays = []
     if state["optimizer_variables"]:
-        reader = tf.train.load_checkpoint(os.path.join(folder, "optimizer"))
-        arrays = [reader.get_tensor(f"optimizer/{i}") for i in range(len(state["optimizer_variables"]))]
+        arrays = StoredArrays(os.path.join(folder, "optimizer"), len(state["optimizer_variables"]))
     return state, arrays
+
+
+class StoredArrays(collections.abc.Sequence):
+    """The arrays optimizer/0 ... optimizer/<n-1> of a checkpoint, each read from disk when it is asked
+    for: restoring the optimizer holds one of them in memory at a time, not a copy of its state."""
+
+    def __init__(self, prefix, n):
+        self.prefix = prefix
+        self.dtypes = tf.train.load_checkpoint(prefix).get_variable_to_dtype_map()
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        name = f"optimizer/{i}"
+        return tf.raw_ops.RestoreV2(prefix=self.prefix, tensor_names=[name], shape_and_slices=[""],
+                                    dtypes=[self.dtypes[name]])[0]
 
 
 def restore_optimizer(optimizer, name, state, arrays):

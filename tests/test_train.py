@@ -372,7 +372,7 @@ def test_optimizer_state_with_width_1_axes_still_loads(tiny_model, optimizer):
     old_opt.build([keras.Variable(np.zeros(shapes[name], np.float32)) for name in variables])
     rng = np.random.default_rng(0)
     saved = [(p, (v + 7 if v.dtype.kind == "i" else rng.normal(size=v.shape)).astype(v.dtype))
-             for p, v in optimizer_state(old_opt)]  # the iteration count, then the moments
+             for p, v in ((p, v.numpy()) for p, v in optimizer_state(old_opt))]  # the count, the moments
     state = {"optimizer": optimizer, "optimizer_variables": [[p, list(v.shape)] for p, v in saved]}
     now = [list(v.shape) for _, v in optimizer_state(opt)]
     assert [shape for _, shape in state["optimizer_variables"]] != now
@@ -690,3 +690,18 @@ def test_several_replicas_stop_at_a_nonfinite_step_without_saving(tmp_path, tiny
     assert all(np.isfinite(w).all() for w in checkpoint.read(newest).values())
     step = int(newest.rsplit("-", 1)[1])
     assert f"[{step + 1} |" not in done.stdout  # the bad step was not counted, nor saved
+
+
+def test_memory_warning_gives_the_numbers():
+    """A run that cannot fit is told at start-up, with what it holds; one that fits is not warned."""
+    from gpt2_tf.hparams import released
+    from gpt2_tf.train_checks import memory_warning
+
+    args = train_script.parse_args(["--dataset", "x", "--model_name", "1558M"])
+    gib = 1 << 30
+    warning = memory_warning(released("1558M"), args, available=24 * gib)  # Adam: 4 + 8 + 4 bytes each
+    assert warning and "at least 23.2 GiB" in warning and "optimizer state 11.6" in warning
+    assert "24.0 GiB of memory is available" in warning
+    args = train_script.parse_args(["--dataset", "x", "--optimizer", "sgd", "--memory_saving_gradients"])
+    assert memory_warning(released("1558M"), args, available=24 * gib) is None  # 5.8 GiB of weights
+    assert "weights 5.8" in memory_warning(released("1558M"), args, available=6 * gib)
