@@ -65,3 +65,16 @@ def test_scratch_run_resumes_with_its_own_shape(tmp_path, tiny_model):
     assert (hparams.n_layer, hparams.n_embd, hparams.n_ctx) == (1, 16, 32)
     bad = subprocess.run(base[:2] + base[4:] + ["--n_layer", "1"], capture_output=True, text=True)
     assert bad.returncode != 0 and "for --init scratch only" in bad.stderr
+
+
+def test_gpu_check_runs_its_smoke_mode_without_an_accelerator():
+    """bench/gpu_check.py, on a machine without an accelerator, runs its tiny CPU smoke run and exits 0."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    out = subprocess.run([sys.executable, os.path.join(root, "bench", "gpu_check.py"), "--steps", "1"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("no accelerator found") and "correctness against the CPU: match" in lines[1]
+    assert sum("tokens/s" in line for line in lines) == 4, out.stdout
