@@ -120,7 +120,7 @@ def main(argv=None):
     from gpt2_tf.train_checks import check_args
 
     try:
-        check_args(args)  # before TensorFlow is imported: bad usage is told at once
+        checked = check_args(args)  # before TensorFlow is imported: bad usage is told at once
     except UsageError as e:
         parser.error(str(e))
     if argv is None:  # run as a program (not called from Python): keep TensorFlow's log lines away
@@ -132,7 +132,7 @@ def main(argv=None):
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")  # a console that cannot show a character shows '?'
     try:
-        run(args)
+        run(args, checked)
     except UsageError as e:
         parser.error(str(e))
     except TrainingError as e:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from gpt2_tf.dataset import PIECE_SIZE, DatasetError, check_decoding, list_inputs, read_text, text_work
 from gpt2_tf.encoder import ENDOFTEXT, PAT, bytes_to_unicode
 from gpt2_tf.fast_encoder import Splitter
-from gpt2_tf.files import atomic_write, blocking_file
+from gpt2_tf.files import atomic_write, nearest_existing
 from gpt2_tf.hparams import HParams, save_hparams
 
 VERSION_LINE = "#version: 0.2"
@@ -198,14 +198,11 @@ def check_output_folder(out):
     """Raise DatasetError now, before the training, if the folder `out` cannot be made or written."""
     if os.path.exists(os.path.join(out, "checkpoint")):
         raise DatasetError(f"{out} holds a trained model (it has a checkpoint); choose a new folder")
-    blocking = blocking_file(out)
-    if blocking == os.path.abspath(out):
+    existing = nearest_existing(out)
+    if existing == os.path.abspath(out) and not os.path.isdir(existing):
         raise DatasetError(f"{out} is a file, not a folder; give a folder to write the vocabulary into")
-    if blocking:
-        raise DatasetError(f"cannot write to {out}: {blocking} is a file, not a folder")
-    existing = os.path.abspath(out)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise DatasetError(f"cannot write to {out}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise DatasetError(f"cannot write to {out}: permission denied for {existing}")
 

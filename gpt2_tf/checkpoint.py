@@ -75,26 +75,35 @@ def restore(model, path):
     return prefix
 
 
-def read_tensor(prefix, name):
-    """One float32 tensor of a checkpoint, read as a TensorFlow tensor (no NumPy copy on the way)."""
-    return tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[name], shape_and_slices=[""],
-                                dtypes=[tf.float32])[0]
+def read_tensor(prefix, name, dtype=tf.float32):
+    """One tensor of a checkpoint, read as a TensorFlow tensor (no NumPy copy on the way)."""
+    return tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[name], shape_and_slices=[""], dtypes=[dtype])[0]
 
 
-def nonfinite_weights(model):
-    """The TF1 names of the model's weights that hold a NaN or an infinity (none in a sound model)."""
-    return [name for name, variable in model.variables_by_name().items()
-            if not bool(tf.reduce_all(tf.math.is_finite(variable)))]
+def nonfinite(model):
+    """None when the model's weights are all finite; else which are not, as "<name> [and N more
+    tensors] hold values that are not finite (NaN or infinity)"."""
+    damaged = [name for name, variable in model.variables_by_name().items()
+               if not bool(tf.reduce_all(tf.math.is_finite(variable)))]
+    if not damaged:
+        return None
+    more = f" and {len(damaged) - 1} more tensors" if len(damaged) > 1 else ""
+    return f"{damaged[0]}{more} hold values that are not finite (NaN or infinity)"
 
 
-def check_finite(model, prefix):
-    """Raise CheckpointError, naming what is wrong, when the model's weights are not all finite: such
-    weights are never saved, so that a run's newest checkpoint is always one it can go on from."""
-    damaged = nonfinite_weights(model)
-    if damaged:
-        raise CheckpointError(f"not saving {prefix}: {damaged[0]}"
-                              + (f" and {len(damaged) - 1} more tensors" if len(damaged) > 1 else "")
-                              + " hold values that are not finite (NaN or infinity)")
+def weight_tensors(model, prefix):
+    """{TF1 name: tensor} of the weights to save at `prefix`: their own values in the original's shapes
+    (reshaped, not copied, so that saving needs no second copy of the model).
+
+    Weights that are not all finite are refused with a CheckpointError: they are never saved, so that a
+    run's newest checkpoint is always one it can go on from.
+    """
+    problem = nonfinite(model)
+    if problem:
+        raise CheckpointError(f"not saving {prefix}: {problem}")
+    shapes = model.hparams.variable_shapes()
+    return {name: tf.reshape(tf.cast(v, tf.float32), shapes[name])
+            for name, v in model.variables_by_name().items()}
 
 
 def save(model, prefix, state_file=True, max_to_keep=None):
@@ -108,12 +117,7 @@ def save(model, prefix, state_file=True, max_to_keep=None):
     Weights that are not all finite are refused (CheckpointError) and nothing is written.
     Returns the prefix.
     """
-    check_finite(model, prefix)
-    shapes = model.hparams.variable_shapes()
-    # The weights' own values, reshaped (no copies), so that saving needs no second copy of the model.
-    tensors = {name: tf.reshape(tf.cast(v, tf.float32), shapes[name])
-               for name, v in model.variables_by_name().items()}
-    return save_tensors(tensors, prefix, state_file=state_file, max_to_keep=max_to_keep)
+    return save_tensors(weight_tensors(model, prefix), prefix, state_file=state_file, max_to_keep=max_to_keep)
 
 
 def save_tensors(tensors, prefix, state_file=True, max_to_keep=None):

@@ -30,10 +30,16 @@ def atomic_write(path, encoding=None, errors="strict"):
         raise
 
 
-def blocking_file(path):
-    """The file that stops a folder from being at `path`: `path` itself or a folder above it that is
-    a file; None when the folder exists or can be made."""
+def nearest_existing(path):
+    """`path` (absolute) or, when it does not exist, the nearest folder above it that does."""
     existing = os.path.abspath(path)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
+    return existing
+
+
+def blocking_file(path):
+    """The file that stops a folder from being at `path`: `path` itself or a folder above it that is
+    a file; None when the folder exists or can be made."""
+    existing = nearest_existing(path)
     return None if os.path.isdir(existing) else existing

@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from gpt2_tf.checkpoint import CheckpointError, latest, load_model, nonfinite_weights
+from gpt2_tf.checkpoint import CheckpointError, latest, load_model, nonfinite
 from gpt2_tf.encoder import get_encoder
 from gpt2_tf.hparams import load_hparams, missing_model, model_dir
 from gpt2_tf.sample import Generator
@@ -38,18 +38,16 @@ def find_model(model_name="124M", models_dir="models", run_name=None, checkpoint
 def load(model_name="124M", models_dir="models", run_name=None, checkpoint_dir="checkpoint", dtype=None):
     """(model, hparams, encoder) for a released model or a fine-tuned run."""
     weights, tokenizer = find_model(model_name, models_dir, run_name, checkpoint_dir)
-    if run_name is None and missing_model(model_name, models_dir):
-        raise CheckpointError(missing_model(model_name, models_dir))
+    problem = missing_model(model_name, models_dir) if run_name is None else None
+    if problem:
+        raise CheckpointError(problem)
     hparams = None
     if run_name is not None and not os.path.exists(os.path.join(os.path.dirname(weights), "hparams.json")):
         hparams = load_hparams(model_dir(model_name, models_dir))  # a run written by the original trainer
     model, hparams = load_model(weights, hparams=hparams, **({"dtype": dtype} if dtype else {}))
-    damaged = nonfinite_weights(model)
+    damaged = nonfinite(model)
     if damaged:
-        raise CheckpointError(f"{weights} is damaged: {damaged[0]}"
-                              + (f" and {len(damaged) - 1} more tensors" if len(damaged) > 1 else "")
-                              + " hold values that are not finite (NaN or infinity); "
-                              "use an earlier checkpoint")
+        raise CheckpointError(f"{weights} is damaged: {damaged}; use an earlier checkpoint")
     return model, hparams, get_encoder(os.path.basename(tokenizer), os.path.dirname(tokenizer) or ".")
 
 

@@ -60,6 +60,9 @@ class TrainingError(Exception):
     """Training cannot go on (the loss or the gradients stay non-finite); the message is one line."""
 
 
+CURES = "Lower --learning_rate, set --grad_clip, or check the data"  # for a loss that is not finite
+
+
 def say(*values):
     """Print a console line at once (the lines are read by people and by scripts)."""
     print(*values, flush=True)
@@ -510,12 +513,14 @@ class StopRequest:
 # The run.
 
 
-def run(args):
+def run(args, checked=None):
     """Fine-tune as the parsed flags of train.py say. Returns the step reached.
 
-    Raises UsageError (before any work) for bad flags or inputs.
+    Raises UsageError (before any work) for bad flags or inputs. `checked`: what `check_args(args)`
+    returned, when the caller has already checked the flags (train.py does, before importing
+    TensorFlow); otherwise they are checked here.
     """
-    hparams, base_dir = check_args(args)
+    hparams, base_dir = checked or check_args(args)
     warning = memory_warning(hparams, args)
     if warning:
         print(warning, file=sys.stderr, flush=True)
@@ -689,7 +694,7 @@ def run(args):
                 raise TrainingError(f"the loss or the gradients were not finite at step {step + 1} "
                                     f"(loss={loss}); with several replicas the update cannot be skipped, so "
                                     "the run stops without saving (its checkpoints stay as they were). "
-                                    "Lower --learning_rate, set --grad_clip, or check the data")
+                                    + CURES)
             if not finite:
                 skipped += 1
                 print(f"warning: [{step + 1} | {elapsed():2.2f}] loss={loss:2.2f}: the loss or the gradients "
@@ -718,5 +723,5 @@ def run(args):
     if skipped > args.max_nonfinite:
         raise TrainingError(f"the loss or the gradients were not finite at {skipped} steps in a row; "
                             f"stopped with the weights of step {step}, the last good ones (in {run_dir}). "
-                            "Lower --learning_rate, set --grad_clip, or check the data")
+                            + CURES)
     return step

@@ -133,8 +133,7 @@ class StoredArrays(collections.abc.Sequence):
         if not 0 <= i < self.n:
             raise IndexError(i)
         name = f"optimizer/{i}"
-        return tf.raw_ops.RestoreV2(prefix=self.prefix, tensor_names=[name], shape_and_slices=[""],
-                                    dtypes=[self.dtypes[name]])[0]
+        return checkpoint.read_tensor(self.prefix, name, self.dtypes[name])
 
 
 def restore_optimizer(optimizer, name, state, arrays):
@@ -176,7 +175,7 @@ class RunCheckpoints:
         """
         name = f"model-{step}"
         prefix = os.path.join(self.folder, name)
-        checkpoint.check_finite(model, prefix)  # before anything of an older model-<step> is removed
+        weights = checkpoint.weight_tensors(model, prefix)  # refused before an older model-<step> is removed
         os.makedirs(self.folder, exist_ok=True)
         # A checkpoint of the same name from an earlier count is about to be replaced: unlist it and
         # delete it first, so that no reader can see a mix of its files and the new ones.
@@ -184,7 +183,7 @@ class RunCheckpoints:
         delete_checkpoint(self.folder, name)
 
         self._write_train_folder(prefix, step, optimizer, state)
-        checkpoint.save(model, prefix, state_file=False)
+        checkpoint.save_tensors(weights, prefix, state_file=False)
         for target, source in self.aux_files.items():
             copy_file(source, os.path.join(self.folder, target))
 

@@ -12,9 +12,9 @@ import sysconfig
 import textwrap
 
 import pytest
+from cli_checks import assert_refused, snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from snapshot import snapshot
 
 from gpt2_tf import bpe, dataset
 from gpt2_tf.encoder import ENDOFTEXT, PAT, bytes_to_unicode, get_encoder, load_encoder_files
@@ -306,12 +306,7 @@ def test_cli_refuses_bad_usage_before_any_work(tmp_path, args, message):
     args = [arg.format(tmp=tmp_path) for arg in args]
     result = run_train_bpe(str(tmp_path / "a.txt"), "--vocab_size", "300", "--out", str(tmp_path / "new"),
                            *args)
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr and result.stdout == ""
-    assert result.stderr.splitlines() == [result.stderr.strip()]
-    assert result.stderr.startswith("train_bpe.py: error: ")
-    assert message.format(tmp=tmp_path) in result.stderr
-    assert snapshot(tmp_path) == before
+    assert_refused(result, "train_bpe.py", tmp_path, before, message.format(tmp=tmp_path))
 
 
 def test_cli_skips_hidden_pycache_and_binary_files(corpus, tmp_path):

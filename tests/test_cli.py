@@ -11,16 +11,10 @@ import time
 
 import numpy as np
 import pytest
-from snapshot import snapshot
+from cli_checks import TF_LOG, assert_refused, snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ["download_model.py", "encode.py", "train_bpe.py", "train.py", "sample.py"]
-
-# What TensorFlow's, XLA's and absl's own logging writes.
-TF_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] "
-                    r"|All log messages before absl|oneDNN custom operations|cuda|rebuild TensorFlow",
-                    re.MULTILINE)
-
 
 def script_env():
     """The environment of a user who did not ask for TensorFlow's logs."""
@@ -127,14 +121,6 @@ def test_interactive_prompt_on_a_terminal(tiny_model):
 # 2. Bad values are refused before any work, in one line, with exit status 2.
 
 
-def assert_refused(out, script, folder, before):
-    lines = out.stderr.splitlines()
-    assert out.returncode == 2, (out.args, out.returncode, out.stderr)
-    assert len(lines) == 1 and lines[0].startswith(f"{script}: error: "), (out.args, out.stderr)
-    assert "Traceback" not in out.stderr and not TF_LOG.search(out.stderr)
-    assert snapshot(folder) == before, out.args
-
-
 SAMPLE_BAD = [
     ["--top_k", "-5"], ["--top_k", "2.5"], ["--temperature", "-1"], ["--temperature", "nan"],
     ["--temperature", "inf"], ["--top_p", "1.5"], ["--top_p", "-0.1"], ["--top_p", "nan"], ["--length", "0"],
@@ -234,10 +220,15 @@ def imported_modules(path, seen=None):
 
 def message_flags(path):
     """The --flags named in the error and warning messages of a file: strings given to an exception,
-    print() or a parser's error()."""
+    print() or a parser's error(), and the module's string constants (NAME = "...") that messages use."""
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read())
     flags = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) \
+                and isinstance(node.value.value, str) and all(t.id.isupper() for t in node.targets
+                                                               if isinstance(t, ast.Name)):
+            flags.update(re.findall(r"(?<![\w-])--[a-z][a-z_]*", node.value.value))
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
             continue

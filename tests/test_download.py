@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from snapshot import snapshot
+from cli_checks import snapshot
 
 from gpt2_tf import download
 from gpt2_tf.bundle_index import read_bundle_index

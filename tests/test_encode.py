@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 import regex
+from cli_checks import assert_refused, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from snapshot import snapshot
 
 from gpt2_tf import fast_encoder
 from gpt2_tf.encoder import PAT, get_encoder
@@ -281,12 +281,7 @@ def test_cli_refuses_bad_usage_before_any_work(vocab_dir, tmp_path, args, messag
     if "345M" in message and os.path.isdir(os.path.join(ROOT, "models", "355M")):
         pytest.skip("355M is downloaded in this checkout")
     result = run_encode(vocab_dir, *args)
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr and result.stdout == ""
-    assert result.stderr.splitlines() == [result.stderr.strip()]
-    assert result.stderr.startswith("encode.py: error: ")
-    assert message.format(tmp=tmp_path) in result.stderr
-    assert snapshot(tmp_path) == before
+    assert_refused(result, "encode.py", tmp_path, before, message.format(tmp=tmp_path))
 
 
 def test_cli_encodes_several_inputs_skipping_what_is_not_text(vocab_dir, tmp_path, enc):

@@ -1,0 +1,35 @@
+"""Checks of how a script refuses bad usage: one line, exit status 2, nothing written, no log lines."""
+
+import os
+import re
+
+# What TensorFlow's, XLA's and absl's own logging writes.
+TF_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] "
+                    r"|All log messages before absl|oneDNN custom operations|cuda|rebuild TensorFlow",
+                    re.MULTILINE)
+
+
+def snapshot(folder):
+    """{relative path: bytes} of every file and folder under `folder` (None for a folder)."""
+    found = {}
+    for parent, folders, names in os.walk(folder):
+        for name in folders:
+            found[os.path.relpath(os.path.join(parent, name), folder)] = None
+        for name in names:
+            path = os.path.join(parent, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, folder)] = f.read()
+    return found
+
+
+def assert_refused(result, script, folder, before, message=""):
+    """A finished subprocess refused its command: exit 2, nothing on stdout, one stderr line
+    `<script>: error: ...` holding `message`, no traceback or TensorFlow log line, and `folder` as it
+    was (`before`, its snapshot)."""
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2, (result.args, result.returncode, result.stderr)
+    assert result.stdout == "", (result.args, result.stdout)
+    assert len(lines) == 1 and lines[0].startswith(f"{script}: error: "), (result.args, result.stderr)
+    assert message in lines[0], (message, result.stderr)
+    assert "Traceback" not in result.stderr and not TF_LOG.search(result.stderr)
+    assert snapshot(folder) == before, result.args
