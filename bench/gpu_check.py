@@ -20,14 +20,13 @@ attention scores included). Peaks are the vendors' dense figures for the precisi
 float32, as TensorFlow uses on recent GPUs unless told otherwise); --peak_tflops overrides.
 """
 
-import argparse
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gpt2_tf.cli import quiet_tensorflow  # noqa: E402  (before TensorFlow is imported)
+from gpt2_tf.cli import Parser, integer, number, quiet_tensorflow  # noqa: E402  (before TensorFlow)
 
 quiet_tensorflow("--verbose" in sys.argv)
 
@@ -141,10 +140,11 @@ def report(name, tokens_per_s, hp, peak, device):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--peak_tflops", type=float, nargs=2, metavar=("FP32", "BF16"),
+    parser = Parser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peak_tflops", type=number(above=0), nargs=2, metavar=("FP32", "BF16"),
                         help="the device's dense peak TFLOP/s (default: from its name, where known)")
-    parser.add_argument("--steps", type=int, default=3, help="timed training updates per configuration")
+    parser.add_argument("--steps", type=integer(1), default=3,
+                        help="timed training updates per configuration")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
     args = parser.parse_args()
     found = accelerator()

@@ -13,7 +13,6 @@ and a checkpoint that reads back.
 The tokenizer files are GPT-2's, from --vocab (default: ../shared/gpt2-vocab, as the tests use).
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -23,6 +22,10 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from gpt2_tf.cli import Parser  # noqa: E402
+
 CONFIGS = {
     "124M-adam": ("124M", ["--optimizer", "adam"]),
     "774M-adam-saving": ("774M", ["--optimizer", "adam", "--memory_saving_gradients"]),
@@ -113,7 +116,7 @@ def measure(work, name, size, flags):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default=os.path.expanduser("~/.cache/gpt2-tf-bench/memory"),
                         help="where the models, data and runs are written")
     parser.add_argument("--vocab", default=os.path.join(ROOT, "..", "shared", "gpt2-vocab"))
