@@ -1,24 +1,45 @@
 """The GPT-2 transformer, as Keras 3 layers with the original's pieces and names.
 
-A reader of OpenAI's `model.py` finds every piece here: `norm`, `conv1d`, `attn`, `mlp`, `block`, the
-tied `wte` output head, and `present`, the keys and values of the new positions that a later call gets
-back as `past`. The weights keep the original's TF1 names (`model/h0/attn/c_attn/w`), so released
-checkpoints load by name (see checkpoint.py); the conv1d weights are kept without their width-1 axis.
+A reader of OpenAI's `model.py` finds every piece here, in its order: `softmax`, `gelu`, `norm`,
+`split_states`, `merge_states`, `conv1d`, `attention_mask`, `attn` (with `split_heads`,
+`merge_heads`, `mask_attn_weights`, `multihead_attn`), `mlp`, `block` and `model`, whose tied `wte` is
+also the output head. `present` holds the keys and values of the new positions; a later call gets
+them back as `past`. The weights keep the original's TF1 names (`model/h0/attn/c_attn/w`), so
+released checkpoints load by name (see checkpoint.py).
 
-Shapes: B batch, T new positions, P past positions, C = n_embd, H = n_head, D = C // H, L = n_layer,
-V = n_vocab.
+Each formula is written here as the original wrote it. Where ops.py has a faster kernel for it (less
+memory in training, or a workaround for XLA or oneDNN), that kernel is called instead: it gives the
+same values, forward and backward. Within `with plain_formulas():` the model computes the formulas.
+
+Shapes: B batch, T new positions, P past positions, S cache length, C = n_embd, H = n_head,
+D = C // H, L = n_layer, V = n_vocab.
 """
 
-import functools
+import contextlib
 import math
 
 import keras
-import numpy as np
 import tensorflow as tf
-from tensorflow.compiler.tf2xla.python import xla  # dynamic_update_slice: in-place cache writes
-from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext
 
+from gpt2_tf import ops
 from gpt2_tf.hparams import HParams
+
+KERNELS = True  # whether the pieces call ops.py's kernels; False within `plain_formulas()`
+
+
+@contextlib.contextmanager
+def plain_formulas():
+    """Compute the original's formulas instead of ops.py's kernels, in the calls traced within.
+
+    The values are the same; training takes more memory and time. For reading and stepping through
+    the model, and for the tests that compare the two.
+    """
+    global KERNELS
+    previous, KERNELS = KERNELS, False
+    try:
+        yield
+    finally:
+        KERNELS = previous
 
 
 def shape_list(x):
@@ -29,38 +50,80 @@ def shape_list(x):
 
 
 def softmax(x, axis=-1):
-    """Numerically stable softmax: the max is subtracted before exponentiating.
-
-    tf.nn.softmax does that in one kernel, whose gradient keeps only its output (a third of the
-    memory of the three-op form in training).
-    """
+    """exp(x) / sum(exp(x)), with the max subtracted first; TensorFlow's kernel does both in one pass."""
     return tf.nn.softmax(x, axis=axis)
 
 
-GELU_C = math.sqrt(2 / math.pi)
-
-
-@tf.custom_gradient
 def gelu(x):
-    """GELU, tanh approximation (as GPT-2 was trained).
+    """GELU, the tanh approximation GPT-2 was trained with. [...] -> [...]."""
+    if KERNELS:
+        return ops.gelu(x)
+    return 0.5 * x * (1 + tf.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * tf.pow(x, 3))))
 
-    For training, only x is kept for the backward pass (`gelu_grad`), not the half-dozen
-    intermediates of the formula: a tenth of the activation memory of the 124M model.
+
+def norm(x, g, b, epsilon):
+    """Layer normalization over the last axis, with the biased variance. x [..., C]; g, b [C]; epsilon []."""
+    if KERNELS:
+        return ops.norm(x, g, b, epsilon)
+    u = tf.reduce_mean(x, axis=-1, keepdims=True)
+    s = tf.reduce_mean(tf.square(x - u), axis=-1, keepdims=True)
+    return (x - u) * tf.math.rsqrt(s + epsilon) * g + b
+
+
+class Norm(keras.layers.Layer):
+    """`norm` with its weights `g` [C] (ones) and `b` [C] (zeros), epsilon 1e-5. [..., C] -> [..., C]."""
+
+    def __init__(self, n_state, epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.n_state = n_state
+        self.epsilon = epsilon
+        self.g = self.add_weight(name="g", shape=(n_state,), initializer="ones")
+        self.b = self.add_weight(name="b", shape=(n_state,), initializer="zeros")
+
+    def call(self, x):
+        return norm(x, tf.cast(self.g, x.dtype), tf.cast(self.b, x.dtype), tf.constant(self.epsilon, x.dtype))
+
+    def get_config(self):
+        return {**super().get_config(), "n_state": self.n_state, "epsilon": self.epsilon}
+
+
+def split_states(x, n):
+    """[..., m] -> [..., n, m // n]."""
+    *start, m = shape_list(x)
+    return tf.reshape(x, start + [n, m // n])
+
+
+def merge_states(x):
+    """[..., a, b] -> [..., a * b]."""
+    *start, a, b = shape_list(x)
+    return tf.reshape(x, start + [a * b])
+
+
+class Conv1D(keras.layers.Layer):
+    """`conv1d`: the original's width-1 convolution, which is x w + b. [..., nx] -> [..., nf].
+
+    Weights `w` [nx, nf] (normal, stddev w_init_stdev) and `b` [nf] (zeros). Checkpoints hold `w` with
+    the original's shape [1, nx, nf] (see checkpoint.py); in memory the width-1 axis is left out, as
+    XLA's decoding loop computed its reshape element by element, several times slower.
     """
-    return 0.5 * x * (1 + tf.tanh(GELU_C * (x + 0.044715 * tf.pow(x, 3)))), lambda dy: gelu_grad(x, dy)
 
+    def __init__(self, nx, nf, w_init_stdev=0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.nx = nx
+        self.nf = nf
+        self.w_init_stdev = w_init_stdev
+        init = keras.initializers.RandomNormal(stddev=w_init_stdev)
+        self.w = self.add_weight(name="w", shape=(nx, nf), initializer=init)
+        self.b = self.add_weight(name="b", shape=(nf,), initializer="zeros")
 
-@tf.function(jit_compile=True)
-def gelu_grad(x, dy):
-    """dy * gelu'(x), recomputed from x in one fused loop (XLA). x, dy: [...].
+    def call(self, x):
+        *start, _ = shape_list(x)
+        x = tf.reshape(x, [-1, self.nx])
+        c = ops.conv1d(x, self.w, self.b) if KERNELS else tf.matmul(x, self.w) + self.b
+        return tf.reshape(c, start + [self.nf])
 
-    Computed in float32 whatever the input type: XLA on a CPU has no bfloat16 arithmetic, and its
-    conversions around every operation made this 8 times slower in bfloat16 than in float32.
-    """
-    x32, dy32 = tf.cast(x, tf.float32), tf.cast(dy, tf.float32)
-    t = tf.tanh(GELU_C * (x32 + 0.044715 * x32 * x32 * x32))
-    dx = dy32 * (0.5 * (1 + t) + 0.5 * x32 * (1 - t * t) * GELU_C * (1 + 3 * 0.044715 * x32 * x32))
-    return tf.cast(dx, x.dtype)
+    def get_config(self):
+        return {**super().get_config(), "nx": self.nx, "nf": self.nf, "w_init_stdev": self.w_init_stdev}
 
 
 def attention_mask(nd, ns, dtype, past_length=None):
@@ -77,202 +140,37 @@ def attention_mask(nd, ns, dtype, past_length=None):
     return tf.cast(j <= past_length + i, dtype)
 
 
-def split_states(x, n):
-    """[..., m] -> [..., n, m // n]."""
-    *start, m = shape_list(x)
-    return tf.reshape(x, start + [n, m // n])
+def mask_attn_weights(w, past_length=None):
+    """Scores of the keys a query may not see become -1e10. w: [..., T, S] -> [..., T, S]."""
+    *_, nd, ns = shape_list(w)
+    b = attention_mask(nd, ns, w.dtype, past_length)
+    return w * b - tf.cast(1e10, w.dtype) * (1 - b)
 
 
-def merge_states(x):
-    """[..., a, b] -> [..., a * b]."""
-    *start, a, b = shape_list(x)
-    return tf.reshape(x, start + [a * b])
+def multihead_attn(q, k, v, past_length=None):
+    """q [..., T, D], k and v [..., S, D] -> [..., T, D] (the leading axes: batch and heads).
 
-
-class Norm(keras.layers.Layer):
-    """`norm`: layer normalization over the last axis, with the original's epsilon and biased variance.
-
-    Weights `g` [C] (ones) and `b` [C] (zeros). [..., C] -> [..., C].
+    The scores are scaled by 1/sqrt(D), masked and softmaxed in float32, so that -1e10 is safe in
+    half precision.
     """
-
-    def __init__(self, n_state, epsilon=1e-5, **kwargs):
-        super().__init__(**kwargs)
-        self.n_state = n_state
-        self.epsilon = epsilon
-        self.g = self.add_weight(name="g", shape=(n_state,), initializer="ones")
-        self.b = self.add_weight(name="b", shape=(n_state,), initializer="zeros")
-
-    def call(self, x):
-        return norm(x, tf.cast(self.g, x.dtype), tf.cast(self.b, x.dtype), tf.constant(self.epsilon, x.dtype))
-
-    def get_config(self):
-        return {**super().get_config(), "n_state": self.n_state, "epsilon": self.epsilon}
-
-
-@tf.custom_gradient
-def norm(x, g, b, epsilon):
-    """(x - mean) / sqrt(variance + epsilon) * g + b over the last axis. x: [..., C]; g, b: [C]; epsilon: [].
-
-    For training, only x is kept for the backward pass (`norm_grad` recomputes the rest).
-    """
-    u = tf.reduce_mean(x, axis=-1, keepdims=True)
-    s = tf.reduce_mean(tf.square(x - u), axis=-1, keepdims=True)
-    y = (x - u) * tf.math.rsqrt(s + epsilon) * g + b
-    return y, lambda dy: norm_grad(x, g, epsilon, dy) + (None,)
-
-
-@tf.function(jit_compile=True)
-def norm_grad(x, g, epsilon, dy):
-    """The gradients (dx [..., C], dg [C], db [C]) of `norm`, in one fused computation (XLA).
-
-    Computed in float32 whatever the input type, as `gelu_grad`.
-    """
-    dtype = x.dtype
-    x, g, epsilon, dy = (tf.cast(t, tf.float32) for t in (x, g, epsilon, dy))
-    u = tf.reduce_mean(x, axis=-1, keepdims=True)
-    r = tf.math.rsqrt(tf.reduce_mean(tf.square(x - u), axis=-1, keepdims=True) + epsilon)
-    x_hat = (x - u) * r
-    batch_axes = list(range(len(x.shape) - 1))
-    dx_hat = dy * g
-    dx = r * (dx_hat - tf.reduce_mean(dx_hat, axis=-1, keepdims=True)
-              - x_hat * tf.reduce_mean(dx_hat * x_hat, axis=-1, keepdims=True))
-    dg, db = tf.reduce_sum(dy * x_hat, batch_axes), tf.reduce_sum(dy, batch_axes)
-    return tf.cast(dx, dtype), tf.cast(dg, dtype), tf.cast(db, dtype)
-
-
-class Conv1D(keras.layers.Layer):
-    """`conv1d`: the original's width-1 convolution, which is a dense layer. [..., nx] -> [..., nf].
-
-    Weights `w` [nx, nf] (normal, stddev w_init_stdev) and `b` [nf] (zeros). Checkpoints hold `w`
-    with the original's shape [1, nx, nf] (see checkpoint.py). In memory the width-1 axis is left
-    out: reshaping it away inside XLA's decoding loop made XLA fuse the reshape into the matrix
-    product and compute it element by element, several times slower.
-    """
-
-    def __init__(self, nx, nf, w_init_stdev=0.02, **kwargs):
-        super().__init__(**kwargs)
-        self.nx = nx
-        self.nf = nf
-        self.w_init_stdev = w_init_stdev
-        init = keras.initializers.RandomNormal(stddev=w_init_stdev)
-        self.w = self.add_weight(name="w", shape=(nx, nf), initializer=init)
-        self.b = self.add_weight(name="b", shape=(nf,), initializer="zeros")
-
-    def call(self, x):
-        *start, _ = shape_list(x)
-        x = tf.reshape(x, [-1, self.nx])
-        c = tf.matmul(x, self.w)
-        if x.shape[0] == 1:
-            # One row (decoding at batch 1). XLA on a CPU fuses `x w + b` into one matrix-vector
-            # kernel that reads w at three quarters of the speed of its plain product. The same sum
-            # written as a difference is not fused (batch-1 sampling: about 65 -> 78 tokens/s).
-            c = c - (0 - self.b)
-        else:
-            c = c + self.b
-        return tf.reshape(c, start + [self.nf])
-
-    def get_config(self):
-        return {**super().get_config(), "nx": self.nx, "nf": self.nf, "w_init_stdev": self.w_init_stdev}
-
-
-def mask_attn_weights(w, b):
-    """Set the scores of future keys to -1e10. w: [..., T, S] float32 or bfloat16, b: [T, S] bool.
-
-    The values of the original's w * b - 1e10 * (1 - b), as one select that keeps no copy of w
-    for the backward pass.
-    """
-    return tf.where(b, w, tf.cast(-1e10, w.dtype))
-
-
-def attention_weights(q, k, b):
-    """softmax(mask(q k^T)): q [..., T, D], k [..., S, D], b [T, S] -> [..., T, S].
-
-    In float32, or in bfloat16 when q is bfloat16, outside XLA, and `exact_bfloat16_softmax()`.
-    bfloat16 has float32's range, so -1e10 is safe, and TensorFlow's CPU softmax kernel (oneDNN)
-    computes in float32 and rounds once: the values are exactly those of the float32 softmax rounded
-    to bfloat16, and the [T, S] scores are not converted twice. XLA computes a bfloat16 softmax in
-    bfloat16 (errors of several percent), and float16 cannot hold -1e10: there the scores are
-    converted to float32 (under XLA the conversions are fused).
-    """
+    nd, ns = shape_list(q)[-2], shape_list(k)[-2]
+    if KERNELS:
+        if past_length is None and isinstance(nd, int) and nd == ns:  # a whole sequence, no past
+            return ops.causal_attention(q, k, v)
+        return ops.attention(q, k, v, attention_mask(nd, ns, tf.bool, past_length))
     w = tf.matmul(q, k, transpose_b=True)
-    if w.dtype != tf.bfloat16 or in_xla() or not exact_bfloat16_softmax():
-        w = tf.cast(w, tf.float32)
-    return softmax(mask_attn_weights(w, b))
-
-
-def in_xla():
-    """Whether the graph being built is compiled by XLA (in a tf.function with jit_compile=True)."""
-    return GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-
-
-@functools.cache
-def exact_bfloat16_softmax():
-    """Whether TensorFlow's bfloat16 softmax on this machine's default device equals its float32
-    softmax rounded to bfloat16 (checked once, on 4 rows of 1024 values). A kernel that summed in
-    bfloat16 would be off by far more than one rounding."""
-    with tf.init_scope():  # eagerly, also when called while a function is traced
-        x = tf.constant(8 * np.sin(np.arange(4 * 1024)).reshape(4, 1024), tf.bfloat16)
-        rounded = tf.cast(tf.nn.softmax(tf.cast(x, tf.float32)), tf.bfloat16)
-        return bool(tf.reduce_all(tf.nn.softmax(x) == rounded))
-
-
-@tf.function(jit_compile=True)
-def softmax_grad(w, dw, row):
-    """The gradient through the softmax, ds_ij = w_ij (dw_ij - row_i), in one fused pass (XLA).
-
-    w: the attention weights, dw: their gradient, both [..., T, S]; row [..., T, 1] float32, the sum
-    over j of w_ij dw_ij. Computed in float32; returns [..., T, S] in dw's dtype.
-    """
-    return tf.cast(tf.cast(w, tf.float32) * (tf.cast(dw, tf.float32) - row), dw.dtype)
-
-
-@tf.custom_gradient
-def attend(q, k, v, b):
-    """The attention of queries q over keys k and values v: softmax(mask(q k^T)) v.
-
-    q [..., T, D], k and v [..., S, D], b [T, S] bool -> a [..., T, D] (the leading axes: batch and heads).
-    For training, the [T, S] attention weights of every head are not kept for the backward pass
-    (they were half of the activation memory of the 124M model): the backward pass computes them
-    again from q and k, at the cost of one more q k^T.
-    """
-    a = tf.matmul(tf.cast(attention_weights(q, k, b), v.dtype), v)
-
-    def grad(da):
-        with tf.control_dependencies([da]):  # computed again after the forward pass, not kept
-            q_again = tf.identity(q)
-        w = attention_weights(q_again, k, b)
-        dv = tf.matmul(tf.cast(w, v.dtype), da, transpose_a=True)
-        dw = tf.matmul(da, v, transpose_b=True)
-        # Through the softmax: ds_ij = w_ij (dw_ij - row_i), row_i = sum_j w_ij dw_ij = da_i . a_i.
-        row = tf.reduce_sum(tf.cast(da, tf.float32) * tf.cast(a, tf.float32), axis=-1, keepdims=True)
-        ds = softmax_grad(w, dw, row)
-        return tf.matmul(ds, k), tf.matmul(ds, q, transpose_a=True), dv, None
-
-    return a, grad
-
-
-def causal_halves(q, k, v):
-    """`attend` over a whole sequence (no past), in two halves. q, k, v [B, H, T, D], T even -> [B, H, T, D].
-
-    The first half of the queries may only see the first half of the keys, so it is computed against
-    those alone; the mask would zero the rest. That skips a quarter of the work (and of the memory).
-    """
-    n = shape_list(q)[2] // 2
-    (q1, q2), (k1, _), (v1, _) = (tf.split(x, 2, axis=2) for x in (q, k, v))  # split: cheaper gradient
-    first = attend(q1, k1, v1, attention_mask(n, n, tf.bool))
-    second = attend(q2, k, v, attention_mask(n, 2 * n, tf.bool))
-    return tf.concat([first, second], axis=2)
+    w = w * tf.math.rsqrt(tf.cast(shape_list(v)[-1], w.dtype))
+    w = softmax(mask_attn_weights(tf.cast(w, tf.float32), past_length))
+    return tf.matmul(tf.cast(w, v.dtype), v)
 
 
 class Attention(keras.layers.Layer):
-    """`attn`: masked multi-head self-attention, with the key/value cache of earlier positions.
+    """`attn`: masked multi-head self-attention, with the keys and values of earlier positions.
 
     call(x [B, T, C], past [B, 2, H, P, D] or None) -> (a [B, T, C], present [B, 2, H, T, D]).
     `present` holds the keys and values of the T new positions only.
 
-    With `past_length` (a scalar), `past` is instead a preallocated cache: a pair (keys, values), each
-    [B * H, S, D], whose first past_length positions are filled. The new keys and values are written
-    in place after them, and `present` is the updated pair (see `cached_attn`).
+    With `past_length` (a scalar), `past` is instead a preallocated cache (see `cached_attn`).
     """
 
     def __init__(self, n_state, n_head, proj_init_stdev=0.02, **kwargs):
@@ -293,36 +191,6 @@ class Attention(keras.layers.Layer):
         """[B, H, T, D] -> [B, T, C]."""
         return merge_states(tf.transpose(x, [0, 2, 1, 3]))
 
-    def multihead_attn(self, q, k, v, past_length=None):
-        """q [..., T, D], k and v [..., S, D] -> [..., T, D] (the leading axes: batch and heads).
-
-        The scores are scaled by 1/sqrt(D) (applied to q, which is cheaper and, for D = 64, exact),
-        masked and softmaxed in float32 (see `attention_weights` for bfloat16), so that -1e10 is safe
-        in half precision.
-        """
-        q = q * tf.cast(1 / math.sqrt(shape_list(q)[-1]), q.dtype)
-        nd, ns = shape_list(q)[-2], shape_list(k)[-2]
-        whole = past_length is None and isinstance(nd, int) and isinstance(ns, int) and nd == ns
-        if whole and nd % 2 == 0 and nd >= 256:
-            return causal_halves(q, k, v)
-        return attend(q, k, v, attention_mask(nd, ns, tf.bool, past_length))
-
-    def cached_attn(self, q, k, v, cache, past_length):
-        """Attention over a preallocated cache, for fast decoding.
-
-        q, k, v [B, H, T, D]; cache: (keys, values), each [B * H, S, D], of which the first
-        past_length positions are filled. Returns (a [B, H, T, D], the updated cache), with k and v
-        written in place at past_length. The batch and head axes are merged so that the matrix
-        products read the cache where it is: with separate axes, XLA on a CPU copied the keys and
-        values out of the cache at every step (a quarter of a batch-8 step of the 124M model).
-        """
-        batch, heads, length, depth = shape_list(q)
-        q, k, v = (tf.reshape(x, [batch * heads, length, depth]) for x in (q, k, v))
-        start = tf.stack([0, tf.cast(past_length, tf.int32), 0])
-        keys, values = (xla.dynamic_update_slice(old, new, start) for old, new in zip(cache, (k, v)))
-        a = self.multihead_attn(q, keys, values, past_length)
-        return tf.reshape(a, [batch, heads, length, depth]), (keys, values)
-
     def call(self, x, past=None, past_length=None):
         c = self.c_attn(x)
         q, k, v = map(self.split_heads, tf.split(c, 3, axis=2))
@@ -334,8 +202,22 @@ class Attention(keras.layers.Layer):
                 pk, pv = tf.unstack(past, axis=1)
                 k = tf.concat([pk, k], axis=-2)
                 v = tf.concat([pv, v], axis=-2)
-            a = self.multihead_attn(q, k, v)
+            a = multihead_attn(q, k, v)
         return self.c_proj(self.merge_heads(a)), present
+
+    def cached_attn(self, q, k, v, cache, past_length):
+        """Attention over a preallocated cache, for fast decoding.
+
+        q, k, v [B, H, T, D]; cache: (keys, values), each [B * H, S, D], whose first past_length
+        positions are filled. Returns (a [B, H, T, D], the cache with k and v written at past_length).
+        Batch and heads share one axis so that the products read the cache where it is: with two axes,
+        XLA on a CPU copied the cache at every step (a quarter of a batch-8 step of the 124M model).
+        """
+        batch, heads, length, depth = shape_list(q)
+        q, k, v = (tf.reshape(x, [batch * heads, length, depth]) for x in (q, k, v))
+        keys, values = ops.write_cache(cache[0], k, past_length), ops.write_cache(cache[1], v, past_length)
+        a = multihead_attn(q, keys, values, past_length)
+        return tf.reshape(a, [batch, heads, length, depth]), (keys, values)
 
     def get_config(self):
         return {**super().get_config(), "n_state": self.n_state, "n_head": self.n_head,
@@ -480,8 +362,3 @@ def check_positions(past_length, length, n_ctx):
         tf.debugging.assert_less_equal(
             past_length + length, n_ctx,
             message=f"sequence too long: past + new positions exceed n_ctx = {n_ctx}")
-
-
-def past_shape(hparams, batch_size=None, sequence=None):
-    """[B, L, 2, H, P, D], the shape of `past` / `present`."""
-    return [batch_size, hparams.n_layer, 2, hparams.n_head, sequence, hparams.n_embd // hparams.n_head]

@@ -22,7 +22,9 @@ Shapes: A = --accumulate_gradients, B = --batch_size (the global batch, over all
 T = n_ctx (the window length), V = n_vocab.
 """
 
+import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -37,9 +39,9 @@ from tqdm import tqdm
 from gpt2_tf import checkpoint
 from gpt2_tf.checkpoint import CheckpointError
 from gpt2_tf.cli import UsageError
-from gpt2_tf.encoder import get_encoder
+from gpt2_tf.encoder import Encoder, get_encoder
 from gpt2_tf.files import atomic_write
-from gpt2_tf.hparams import save_hparams
+from gpt2_tf.hparams import HParams, save_hparams
 from gpt2_tf.model import GPT2, shape_list
 from gpt2_tf.optim import DISPLAY_NAMES, learning_rate_schedule, make_optimizer
 from gpt2_tf.sample import Generator, sample_sequence
@@ -466,21 +468,7 @@ def load_chunks(enc, path, args, n_ctx, what="dataset"):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Where to start from.
-
-
-def find_start(args, run_dir, base_dir):
-    """The checkpoint prefix to load, per --restore_from (latest, fresh, or a folder or prefix)."""
-    try:
-        if args.restore_from == "fresh":
-            return checkpoint.latest(base_dir)
-        if args.restore_from == "latest":
-            if os.path.exists(os.path.join(run_dir, "checkpoint")):
-                return checkpoint.latest(run_dir)
-            return checkpoint.latest(base_dir)
-        return checkpoint.latest(args.restore_from)
-    except CheckpointError as e:
-        raise UsageError(str(e)) from None
+# Stopping on request.
 
 
 class StopRequest:
@@ -510,7 +498,64 @@ class StopRequest:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The run.
+# The run: set-up, the loop, and what the loop does every so many steps.
+
+
+class Progress:
+    """Where the run is, as a checkpoint keeps it besides the weights and the optimizer: the step,
+    the random states of the data sampler and of the input noise, and the running average loss."""
+
+    def __init__(self, sampler, seed):
+        self.step = 0
+        self.sampler = sampler
+        self.noise_rng = np.random.RandomState(None if seed is None else [seed, 1])
+        self.avg_loss = (0.0, 0.0)  # decayed sums of the losses and of the counts
+        self.last_saved = 0  # the step of the run's newest checkpoint
+
+    def restore(self, state):
+        """Continue from a checkpoint's state.json."""
+        self.step = state["step"]
+        self.sampler.rs.set_state(rng_state_from_json(state["sampler_rng"]))
+        self.noise_rng.set_state(rng_state_from_json(state["noise_rng"]))
+        self.avg_loss = tuple(state["avg_loss"])
+
+    def state(self):
+        """The JSON-friendly part of state.json that `restore` reads."""
+        return {"sampler_rng": rng_state_to_json(self.sampler.rs),
+                "noise_rng": rng_state_to_json(self.noise_rng), "avg_loss": list(self.avg_loss)}
+
+    def update(self, loss):
+        """Count one update and its loss."""
+        self.step += 1
+        self.avg_loss = (self.avg_loss[0] * 0.99 + loss, self.avg_loss[1] * 0.99 + 1.0)
+
+    def average(self):
+        return self.avg_loss[0] / self.avg_loss[1]
+
+
+@dataclasses.dataclass
+class Run:
+    """What the loop's helpers share, made by `run` once everything is set up."""
+
+    args: argparse.Namespace  # train.py's flags
+    hparams: HParams
+    enc: Encoder
+    model: GPT2
+    optimizer: keras.optimizers.Optimizer
+    variables: dict  # {TF1 name: variable} of the trained variables
+    progress: Progress
+    chief: bool  # whether this process writes (see is_chief)
+    run_dir: str  # checkpoint/<run>
+    sample_dir: str  # samples/<run>
+    checkpoints: RunCheckpoints
+    writer: tf.summary.SummaryWriter
+    evaluator: "Evaluator | None"
+    val_batches: list
+    generator: Generator
+    start_time: float = dataclasses.field(default_factory=time.time)
+
+    def elapsed(self):
+        return time.time() - self.start_time
 
 
 def run(args, checked=None):
@@ -520,13 +565,100 @@ def run(args, checked=None):
     returned, when the caller has already checked the flags (train.py does, before importing
     TensorFlow); otherwise they are checked here.
     """
+    # Set-up: the devices, what to start from, the data, the model and its optimizer.
     hparams, base_dir = checked or check_args(args)
     warning = memory_warning(hparams, args)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    n_ctx = hparams.n_ctx
     strategy = make_strategy(args.distribute)
+    check_replicas(args, strategy)
+    compile_mode = args.compile if args.compile != "auto" else default_compile()
+    if args.mixed_precision is None:
+        tf.config.experimental.enable_tensor_float_32_execution(False)  # fp32 means fp32, as NS-2021
+    enc = load_encoder(base_dir, hparams)
+    run_dir = os.path.join(args.checkpoint_dir, args.run_name)
+    start = find_start(args, run_dir, base_dir)
+    memory_saving = args.memory_saving_gradients or args.twremat
+    announce(args, hparams, start, memory_saving)
+
+    say("Loading dataset...")
+    chunks, total_tokens = load_chunks(enc, args.dataset, args, hparams.n_ctx)
+    val_chunks = chunks
+    if args.val_every > 0 and args.val_dataset:
+        val_chunks, _ = load_chunks(enc, args.val_dataset, args, hparams.n_ctx, "validation dataset")
+    say(f"dataset has {total_tokens} tokens")
+
+    with strategy.scope():
+        model = build_model(hparams, args.mixed_precision, memory_saving=memory_saving,
+                            residual_scaling=args.init == "scratch")
+        variables = trained_variables(model, args.only_train_transformer_layers)
+        optimizer = build_optimizer(args, variables)
     chief = is_chief(strategy)
+    if start is not None:
+        restore_weights(model, start)
+    elif chief:
+        os.makedirs(run_dir, exist_ok=True)
+        save_hparams(hparams, os.path.join(run_dir, "hparams.json"))  # the run's own shape
+    progress = resume(args, start, run_dir, chunks, optimizer)
+
+    train_step = TrainStep(model, optimizer, variables.values(), strategy, args.batch_size,
+                           args.accumulate_gradients, hparams.n_ctx, jit_compile=compile_mode == "xla",
+                           loss_scaling=args.mixed_precision == "fp16",
+                           xla_update=not memory_saving and args.optimizer != "adafactor")
+    val_batches = validation_batches(args, val_chunks, hparams.n_ctx)
+    evaluator = Evaluator(model, strategy, jit_compile=compile_mode == "xla") if val_batches else None
+    checkpoints = RunCheckpoints(run_dir, max_to_keep=args.max_to_keep or None, keep_every_hours=2,
+                                 aux_files={name: os.path.join(base_dir, name)
+                                            for name in ("hparams.json", "encoder.json", "vocab.bpe")})
+    writer = tf.summary.create_file_writer(run_dir) if chief else tf.summary.create_noop_writer()
+    r = Run(args=args, hparams=hparams, enc=enc, model=model, optimizer=optimizer, variables=variables,
+            progress=progress, chief=chief, run_dir=run_dir, checkpoints=checkpoints, writer=writer,
+            evaluator=evaluator, val_batches=val_batches, generator=Generator(model),
+            sample_dir=os.path.join(args.sample_dir, args.run_name))
+
+    # The loop: one update per step until --steps more, a stop request, or too many bad updates.
+    say("Training...")
+    end = None if args.steps is None else progress.step + args.steps
+    skipped = 0  # steps in a row whose update was skipped
+    with StopRequest() as stop:
+        if evaluator and progress.step == 0:
+            validate(r)
+        while not stop.requested and (end is None or progress.step < end):
+            loss, finite = train_step(*next_batch(r))
+            if not finite:
+                skipped += 1
+                refuse_or_warn_nonfinite(r, loss, skipped, train_step.can_skip)
+                if skipped > args.max_nonfinite:
+                    break
+                continue
+            skipped = 0
+            progress.update(loss)
+            step = progress.step
+            write_scalar(writer, "loss", loss, step)
+            write_scalar(writer, "learning_rate", current_learning_rate(optimizer), step)
+            if step % args.print_every == 0 or step == end:
+                say(f"[{step} | {r.elapsed():2.2f}] loss={loss:2.2f} avg={progress.average():2.2f}")
+            if args.sample_every and step % args.sample_every == 0:
+                generate_samples(r)
+            if evaluator and step % args.val_every == 0:
+                validate(r)
+            if args.save_every and step % args.save_every == 0:
+                save(r)
+        if stop.requested:
+            say("interrupted")
+        # The end: the last steps are saved, whatever stopped the loop.
+        if progress.step != progress.last_saved:
+            save(r)
+    writer.flush()
+    if skipped > args.max_nonfinite:
+        raise TrainingError(f"the loss or the gradients were not finite at {skipped} steps in a row; "
+                            f"stopped with the weights of step {progress.step}, the last good ones (in "
+                            f"{run_dir}). " + CURES)
+    return progress.step
+
+
+def check_replicas(args, strategy):
+    """Refuse a batch that does not split among the replicas, and several workers without a seed."""
     replicas = strategy.num_replicas_in_sync
     if args.batch_size % replicas:
         raise UsageError(f"--batch_size {args.batch_size} must be a multiple of the {replicas} replicas")
@@ -535,193 +667,164 @@ def run(args, checked=None):
     if replicas > 1:
         print(f"Training on {replicas} replicas, {args.batch_size // replicas} windows each",
               file=sys.stderr)
-    compile_mode = args.compile if args.compile != "auto" else default_compile()
-    if args.mixed_precision is None:
-        tf.config.experimental.enable_tensor_float_32_execution(False)  # fp32 means fp32, as NS-2021
 
+
+def load_encoder(base_dir, hparams):
+    """The base model's tokenizer; refused when it has more tokens than the model's vocabulary."""
     enc = get_encoder(os.path.basename(base_dir), os.path.dirname(base_dir))
     if len(enc.encoder) > hparams.n_vocab:
         raise UsageError(f"the tokenizer of {base_dir} has {len(enc.encoder)} tokens, more than n_vocab = "
                          f"{hparams.n_vocab}")
-    run_dir = os.path.join(args.checkpoint_dir, args.run_name)
-    sample_dir = os.path.join(args.sample_dir, args.run_name)
+    return enc
+
+
+def find_start(args, run_dir, base_dir):
+    """The checkpoint prefix to load, per --restore_from (latest, fresh, or a folder or prefix), or
+    None for a new model (--init scratch, unless the run has a checkpoint to resume)."""
     resuming = args.restore_from == "latest" and os.path.exists(os.path.join(run_dir, "checkpoint"))
-    scratch = args.init == "scratch" and not resuming and args.restore_from in ("latest", "fresh")
-    start = None if scratch else find_start(args, run_dir, base_dir)
-    memory_saving = args.memory_saving_gradients or args.twremat
+    if args.init == "scratch" and not resuming and args.restore_from in ("latest", "fresh"):
+        return None
+    try:
+        if args.restore_from == "fresh":
+            return checkpoint.latest(base_dir)
+        if args.restore_from == "latest":
+            if os.path.exists(os.path.join(run_dir, "checkpoint")):
+                return checkpoint.latest(run_dir)
+            return checkpoint.latest(base_dir)
+        return checkpoint.latest(args.restore_from)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+
+
+def announce(args, hparams, start, memory_saving):
+    """The first lines of a run: the optimizer, memory saving, and the model it starts from."""
     print(f"Using {DISPLAY_NAMES[args.optimizer]} optimizer", file=sys.stderr)
     if memory_saving:
         print("Recomputing each block in the backward pass (memory saving)", file=sys.stderr)
-
-    if scratch:
+    if start is None:
         say(f"Initialising a new model: {hparams.n_layer} layers, n_embd {hparams.n_embd}, n_head "
             f"{hparams.n_head}, n_ctx {hparams.n_ctx}, n_vocab {hparams.n_vocab} "
             f"({hparams.n_params():,} parameters)")
     else:
         say(f"Loading checkpoint {start}")
-    say("Loading dataset...")
-    chunks, total_tokens = load_chunks(enc, args.dataset, args, n_ctx)
-    val_chunks = chunks
-    if args.val_every > 0 and args.val_dataset:
-        val_chunks, _ = load_chunks(enc, args.val_dataset, args, n_ctx, "validation dataset")
-    say(f"dataset has {total_tokens} tokens")
 
+
+def build_optimizer(args, variables):
+    """The optimizer of --optimizer with its learning-rate schedule, built for `variables` {name: var}."""
+    learning_rate = learning_rate_schedule(args.learning_rate, args.warmup_steps,
+                                           args.lr_decay_steps or args.steps, args.min_lr)
+    optimizer = make_optimizer(args.optimizer, learning_rate, args.mixed_precision == "fp16",
+                               args.weight_decay, args.grad_clip)
+    if args.optimizer == "adamw":  # no decay of biases and norm gains, as usual for GPT models
+        optimizer.exclude_from_weight_decay(var_list=[v for v in variables.values() if len(v.shape) == 1])
+    optimizer.build(list(variables.values()))
+    return optimizer
+
+
+def restore_weights(model, start):
+    try:
+        checkpoint.restore(model, start)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+
+
+def resume(args, start, run_dir, chunks, optimizer):
+    """The run's Progress: from the checkpoint's state when it has one (written by this trainer),
+    with its optimizer state loaded; from the run's counter for a run of the original trainer;
+    otherwise a new count."""
     from gpt2_tf.dataset import Sampler
 
-    with strategy.scope():
-        model = build_model(hparams, args.mixed_precision, memory_saving=memory_saving,
-                            residual_scaling=args.init == "scratch")
-        variables = trained_variables(model, args.only_train_transformer_layers)
-        learning_rate = learning_rate_schedule(args.learning_rate, args.warmup_steps,
-                                               args.lr_decay_steps or args.steps, args.min_lr)
-        optimizer = make_optimizer(args.optimizer, learning_rate, args.mixed_precision == "fp16",
-                                   args.weight_decay, args.grad_clip)
-        if args.optimizer == "adamw":  # no decay of biases and norm gains, as usual for GPT models
-            optimizer.exclude_from_weight_decay(var_list=[v for v in variables.values() if len(v.shape) == 1])
-        optimizer.build(list(variables.values()))
-    if start is not None:
-        try:
-            checkpoint.restore(model, start)
-        except CheckpointError as e:
-            raise UsageError(str(e)) from None
-    elif chief:
-        os.makedirs(run_dir, exist_ok=True)
-        save_hparams(hparams, os.path.join(run_dir, "hparams.json"))  # the run's own shape
-
-    # The step count, the random states and the optimizer state come from the checkpoint when it
-    # has them (written by this trainer); otherwise a new count starts.
-    data_sampler = Sampler(chunks, seed=args.seed)
-    noise_rng = np.random.RandomState(None if args.seed is None else [args.seed, 1])
-    step = 0
-    avg_loss = (0.0, 0.0)
+    progress = Progress(Sampler(chunks, seed=args.seed), args.seed)
     saved = load_train_state(start) if start is not None and args.restore_from != "fresh" else None
     in_run_dir = start is not None and os.path.abspath(os.path.dirname(start)) == os.path.abspath(run_dir)
     if saved is not None:
         state, arrays = saved
-        step = state["step"]
-        data_sampler.rs.set_state(rng_state_from_json(state["sampler_rng"]))
-        noise_rng.set_state(rng_state_from_json(state["noise_rng"]))
-        avg_loss = tuple(state["avg_loss"])
+        progress.restore(state)
         problem = restore_optimizer(optimizer, args.optimizer, state, arrays)
         if problem:
             print(f"warning: the optimizer state of {start} is not used: {problem}", file=sys.stderr)
     elif args.restore_from != "fresh" and in_run_dir:
-        step = read_counter(run_dir) or 0  # a run written by the original trainer
-    last_saved = step if in_run_dir else 0
+        progress.step = read_counter(run_dir) or 0
+    progress.last_saved = progress.step if in_run_dir else 0
+    return progress
 
-    val_batches = []
-    if args.val_every > 0:
-        val_sampler = Sampler(val_chunks, seed=1)
-        val_batches = [[val_sampler.sample(n_ctx) for _ in range(args.val_batch_size)]
-                       for _ in range(args.val_batch_count)]
 
-    train_step = TrainStep(model, optimizer, variables.values(), strategy, args.batch_size,
-                           args.accumulate_gradients, n_ctx, jit_compile=compile_mode == "xla",
-                           loss_scaling=args.mixed_precision == "fp16",
-                           xla_update=not memory_saving and args.optimizer != "adafactor")
-    evaluator = Evaluator(model, strategy, jit_compile=compile_mode == "xla") if val_batches else None
-    generator = Generator(model)
-    checkpoints = RunCheckpoints(run_dir, max_to_keep=args.max_to_keep or None, keep_every_hours=2,
-                                 aux_files={"hparams.json": os.path.join(base_dir, "hparams.json"),
-                                            "encoder.json": os.path.join(base_dir, "encoder.json"),
-                                            "vocab.bpe": os.path.join(base_dir, "vocab.bpe")})
-    writer = tf.summary.create_file_writer(run_dir) if chief else tf.summary.create_noop_writer()
+def validation_batches(args, chunks, n_ctx):
+    """The fixed validation windows: --val_batch_count batches of --val_batch_size, drawn with seed 1."""
+    from gpt2_tf.dataset import Sampler
+
+    if args.val_every <= 0:
+        return []
+    sampler = Sampler(chunks, seed=1)
+    return [[sampler.sample(n_ctx) for _ in range(args.val_batch_size)] for _ in range(args.val_batch_count)]
+
+
+def next_batch(r):
+    """(inputs, labels) [A, B, T] int32: the next windows of the data, and them with the input noise."""
+    args, n_ctx = r.args, r.hparams.n_ctx
+    count = args.accumulate_gradients * args.batch_size
+    windows = np.stack([r.progress.sampler.sample(n_ctx) for _ in range(count)]).astype(np.int32)
+    labels = windows.reshape(args.accumulate_gradients, args.batch_size, n_ctx)
+    return randomize(labels, args.noise, r.hparams.n_vocab, r.progress.noise_rng), labels
+
+
+def refuse_or_warn_nonfinite(r, loss, skipped, can_skip):
+    """A step whose loss or gradients are not finite: a warning when its update was skipped; a
+    TrainingError when it could not be (several replicas), before anything is saved."""
+    step = r.progress.step + 1
+    if not can_skip:
+        raise TrainingError(f"the loss or the gradients were not finite at step {step} (loss={loss}); with "
+                            "several replicas the update cannot be skipped, so the run stops without saving "
+                            "(its checkpoints stay as they were). " + CURES)
+    print(f"warning: [{step} | {r.elapsed():2.2f}] loss={loss:2.2f}: the loss or the gradients are not "
+          f"finite; update skipped ({skipped} in a row)", file=sys.stderr, flush=True)
+
+
+def save(r):
+    """Write checkpoint model-<step> of the run (the chief does; every worker says it)."""
+    step = r.progress.step
+    say(f"Saving {os.path.join(r.run_dir, f'model-{step}')}")
+    if r.chief:
+        state = {**r.progress.state(), "optimizer": r.args.optimizer, "seed": r.args.seed,
+                 "trained_variables": list(r.variables)}
+        r.checkpoints.save(step, r.model, r.optimizer, state)
+    r.progress.last_saved = step
+
+
+def generate_samples(r):
+    """--sample_num samples after a token drawn from the training data, into samples/<run>/samples-<step>."""
+    args = r.args
+    say("Generating samples...")
+    context_token = r.progress.sampler.sample(1)  # from the training sampler, as in the original
+    if not r.chief:
+        return
     if args.top_p > 0:
         top_k, top_p = 0, args.top_p  # as in the original trainer, --top_p > 0 overrides --top_k
     else:
         top_k, top_p = args.top_k, 1.0
+    context = np.tile(np.asarray(context_token, np.int32)[None, :1], [args.batch_size, 1])
+    texts = []
+    while len(texts) < args.sample_num:
+        seed = None
+        if args.seed is not None:
+            seed = int(np.random.RandomState([args.seed, r.progress.step, len(texts)]).randint(2**31))
+        out = sample_sequence(r.model, args.sample_length, context=context, temperature=1.0,
+                              top_k=top_k, top_p=top_p, seed=seed, generator=r.generator)
+        for row in out[:min(args.sample_num - len(texts), args.batch_size)]:
+            texts.append(f"======== SAMPLE {len(texts) + 1} ========\n{r.enc.decode(row)}\n")
+    if texts:
+        say(texts[-1])
+    os.makedirs(r.sample_dir, exist_ok=True)
+    path = os.path.join(r.sample_dir, f"samples-{r.progress.step}")
+    with atomic_write(path, encoding=args.encoding, errors="replace") as f:
+        f.write("\n".join(texts))
 
-    def elapsed():
-        return time.time() - start_time
 
-    def save():
-        nonlocal last_saved
-        say(f"Saving {os.path.join(run_dir, f'model-{step}')}")
-        if chief:
-            state = {"sampler_rng": rng_state_to_json(data_sampler.rs),
-                     "noise_rng": rng_state_to_json(noise_rng), "avg_loss": list(avg_loss),
-                     "optimizer": args.optimizer, "seed": args.seed,
-                     "trained_variables": list(variables)}
-            checkpoints.save(step, model, optimizer, state)
-        last_saved = step
-
-    def generate_samples():
-        say("Generating samples...")
-        context_token = data_sampler.sample(1)  # from the training sampler, as in the original
-        if not chief:
-            return
-        context = np.tile(np.asarray(context_token, np.int32)[None, :1], [args.batch_size, 1])
-        texts = []
-        while len(texts) < args.sample_num:
-            seed = None
-            if args.seed is not None:
-                seed = int(np.random.RandomState([args.seed, step, len(texts)]).randint(2**31))
-            out = sample_sequence(model, args.sample_length, context=context, temperature=1.0,
-                                  top_k=top_k, top_p=top_p, seed=seed, generator=generator)
-            for row in out[:min(args.sample_num - len(texts), args.batch_size)]:
-                texts.append(f"======== SAMPLE {len(texts) + 1} ========\n{enc.decode(row)}\n")
-        if texts:
-            say(texts[-1])
-        os.makedirs(sample_dir, exist_ok=True)
-        path = os.path.join(sample_dir, f"samples-{step}")
-        with atomic_write(path, encoding=args.encoding, errors="replace") as f:
-            f.write("\n".join(texts))
-
-    def validation():
-        say("Calculating validation loss...")
-        losses = [evaluator(batch) for batch in tqdm(val_batches)]
-        value = float(np.mean(losses))
-        write_scalar(writer, "val_loss", value, step)
-        writer.flush()
-        say(f"[{step} | {elapsed():2.2f}] validation loss = {value:2.2f}")
-
-    def next_batch():
-        count = args.accumulate_gradients * args.batch_size
-        windows = np.stack([data_sampler.sample(n_ctx) for _ in range(count)]).astype(np.int32)
-        labels = windows.reshape(args.accumulate_gradients, args.batch_size, n_ctx)
-        return randomize(labels, args.noise, hparams.n_vocab, noise_rng), labels
-
-    say("Training...")
-    start_time = time.time()
-    end = None if args.steps is None else step + args.steps
-    skipped = 0  # steps in a row whose update was skipped
-    with StopRequest() as stop:
-        if evaluator and step == 0:
-            validation()
-        while not stop.requested and (end is None or step < end):
-            loss, finite = train_step(*next_batch())
-            if not finite and not train_step.can_skip:
-                raise TrainingError(f"the loss or the gradients were not finite at step {step + 1} "
-                                    f"(loss={loss}); with several replicas the update cannot be skipped, so "
-                                    "the run stops without saving (its checkpoints stay as they were). "
-                                    + CURES)
-            if not finite:
-                skipped += 1
-                print(f"warning: [{step + 1} | {elapsed():2.2f}] loss={loss:2.2f}: the loss or the gradients "
-                      f"are not finite; update skipped ({skipped} in a row)", file=sys.stderr, flush=True)
-                if skipped > args.max_nonfinite:
-                    break
-                continue
-            skipped = 0
-            step += 1
-            avg_loss = (avg_loss[0] * 0.99 + loss, avg_loss[1] * 0.99 + 1.0)
-            write_scalar(writer, "loss", loss, step)
-            write_scalar(writer, "learning_rate", current_learning_rate(optimizer), step)
-            if step % args.print_every == 0 or step == end:
-                say(f"[{step} | {elapsed():2.2f}] loss={loss:2.2f} avg={avg_loss[0] / avg_loss[1]:2.2f}")
-            if args.sample_every and step % args.sample_every == 0:
-                generate_samples()
-            if evaluator and step % args.val_every == 0:
-                validation()
-            if args.save_every and step % args.save_every == 0:
-                save()
-        if stop.requested:
-            say("interrupted")
-        if step != last_saved:
-            save()
-    writer.flush()
-    if skipped > args.max_nonfinite:
-        raise TrainingError(f"the loss or the gradients were not finite at {skipped} steps in a row; "
-                            f"stopped with the weights of step {step}, the last good ones (in {run_dir}). "
-                            + CURES)
-    return step
+def validate(r):
+    """The mean loss over the validation batches, printed and written to TensorBoard."""
+    say("Calculating validation loss...")
+    losses = [r.evaluator(batch) for batch in tqdm(r.val_batches)]
+    value = float(np.mean(losses))
+    write_scalar(r.writer, "val_loss", value, r.progress.step)
+    r.writer.flush()
+    say(f"[{r.progress.step} | {r.elapsed():2.2f}] validation loss = {value:2.2f}")

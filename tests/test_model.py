@@ -9,18 +9,7 @@ from numpy_gpt2 import forward, next_token_loss
 
 from gpt2_tf.checkpoint import load_model
 from gpt2_tf.hparams import RELEASED, HParams, load_hparams, model_dir, released
-from gpt2_tf.model import (
-    GPT2,
-    Attention,
-    Conv1D,
-    Norm,
-    attend,
-    attention_mask,
-    attention_weights,
-    causal_halves,
-    gelu,
-    norm,
-)
+from gpt2_tf.model import GPT2, Attention, Conv1D, Norm, attention_mask
 from gpt2_tf.train import loss_sum
 
 
@@ -184,98 +173,3 @@ def test_gradients_match_numpy_finite_differences():
         numeric = (losses[0] - losses[1]) / (2 * eps)
         analytic = float(np.sum(tf.convert_to_tensor(grads[name]).numpy().reshape(shapes[name]) * direction))
         assert abs(analytic - numeric) < 1e-4 * abs(numeric) + 1e-6, (name, analytic, numeric)
-
-
-def test_pieces_with_custom_gradients_match_autodiff():
-    rng = np.random.default_rng(4)
-    x = tf.constant(rng.normal(size=(2, 7, 8)) * 3, tf.float32)
-    g, b = tf.constant(rng.normal(size=8), tf.float32), tf.constant(rng.normal(size=8), tf.float32)
-    eps = tf.constant(1e-5)
-
-    def plain_norm(x, g, b):
-        u = tf.reduce_mean(x, -1, keepdims=True)
-        return (x - u) / tf.sqrt(tf.reduce_mean(tf.square(x - u), -1, keepdims=True) + eps) * g + b
-
-    def plain_gelu(x):
-        return 0.5 * x * (1 + tf.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
-
-    def plain_attend(q, k, v, mask):
-        w = tf.where(mask, tf.matmul(q, k, transpose_b=True), -1e10)
-        return tf.matmul(tf.nn.softmax(w), v)
-
-    def grads(f, *args):
-        with tf.GradientTape() as tape:
-            tape.watch(args)
-            y = f(*args)
-            loss = tf.reduce_sum(y * tf.constant(np.cos(np.arange(y.shape.num_elements())).reshape(y.shape),
-                                                 tf.float32))
-        return [y] + tape.gradient(loss, list(args))
-
-    def close(ours, reference):
-        for a, e in zip(ours, reference):
-            np.testing.assert_allclose(a.numpy(), e.numpy(), rtol=1e-4, atol=1e-5)
-
-    close(grads(gelu, x), grads(plain_gelu, x))
-    close(grads(lambda x, g, b: norm(x, g, b, eps), x, g, b), grads(plain_norm, x, g, b))
-    q, k, v = (tf.constant(rng.normal(size=(2, 3, 6, 4)), tf.float32) for _ in range(3))
-    mask = attention_mask(4, 6, tf.bool)[None, None]
-    close(grads(lambda q, k, v: attend(q[:, :, 2:], k, v, mask), q, k, v),
-          grads(lambda q, k, v: plain_attend(q[:, :, 2:], k, v, mask), q, k, v))
-    full = attention_mask(6, 6, tf.bool)[None, None]
-    close(grads(causal_halves, q, k, v), grads(lambda q, k, v: plain_attend(q, k, v, full), q, k, v))
-
-
-def test_gelu_and_norm_gradients_in_bfloat16():
-    """In bfloat16 (mixed-precision training) the gradients keep their type and the float32 values."""
-    rng = np.random.default_rng(6)
-    x32 = tf.constant(rng.normal(size=(3, 16)) * 2, tf.float32)
-    g32, b32 = tf.constant(rng.normal(size=16), tf.float32), tf.constant(rng.normal(size=16), tf.float32)
-    dy32 = tf.constant(rng.normal(size=(3, 16)), tf.float32)
-    x, g, b, dy = (tf.cast(t, tf.bfloat16) for t in (x32, g32, b32, dy32))
-    for f, args, args32 in [(gelu, [x], [tf.cast(x, tf.float32)]),
-                            (lambda x, g, b: norm(x, g, b, tf.constant(1e-5, x.dtype)), [x, g, b],
-                             [tf.cast(t, tf.float32) for t in (x, g, b)])]:
-        with tf.GradientTape() as tape:
-            tape.watch(args)
-            ours = tape.gradient(f(*args), args, output_gradients=dy)
-        with tf.GradientTape() as tape:
-            tape.watch(args32)
-            expected = tape.gradient(f(*args32), args32, output_gradients=tf.cast(dy, tf.float32))
-        for a, e in zip(ours, expected):
-            assert a.dtype == tf.bfloat16
-            np.testing.assert_allclose(tf.cast(a, tf.float32).numpy(), e.numpy(), rtol=2e-2, atol=2e-2)
-
-
-def test_attention_in_bfloat16():
-    """bfloat16 attention weights are the float32 softmax of the bfloat16 scores, rounded once (outside
-    XLA, in bfloat16 when the kernel computes in float32; under XLA, float32); the gradients of
-    `attend` keep their type and match float32 autodiff."""
-    rng = np.random.default_rng(9)
-    q, k, v = (tf.constant(rng.normal(size=(2, 3, 8, 16)) * 2, tf.bfloat16) for _ in range(3))
-    mask = attention_mask(8, 8, tf.bool)
-    scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32)
-    expected = tf.nn.softmax(tf.where(mask, scores, -1e10))
-    eager = attention_weights(q, k, mask)
-    np.testing.assert_array_equal(tf.cast(eager, tf.bfloat16).numpy(), tf.cast(expected, tf.bfloat16).numpy())
-    compiled = tf.function(attention_weights, jit_compile=True)(q, k, mask)
-    assert compiled.dtype == tf.float32
-    # XLA's bfloat16 product rounds differently from TensorFlow's kernel (in some versions it is off
-    # by up to a rounding of the scores): the softmax is checked on XLA's own scores.
-    xla_scores = tf.function(lambda q, k: tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32),
-                             jit_compile=True)(q, k)
-    expected_xla = tf.nn.softmax(tf.where(mask, xla_scores, -1e10))
-    np.testing.assert_allclose(compiled.numpy(), expected_xla.numpy(), rtol=1e-5, atol=1e-7)
-
-    dy = tf.constant(rng.normal(size=(2, 3, 8, 16)), tf.float32)
-    with tf.GradientTape() as tape:
-        tape.watch([q, k, v])
-        ours = tape.gradient(attend(q, k, v, mask), [q, k, v], output_gradients=tf.cast(dy, tf.bfloat16))
-    q32, k32, v32 = (tf.cast(t, tf.float32) for t in (q, k, v))
-    with tf.GradientTape() as tape:
-        tape.watch([q32, k32, v32])
-        w = tf.nn.softmax(tf.where(mask, tf.matmul(q32, k32, transpose_b=True), -1e10))
-        reference = tape.gradient(tf.matmul(w, v32), [q32, k32, v32], output_gradients=dy)
-    for a, e in zip(ours, reference):
-        assert a.dtype == tf.bfloat16
-        scale = np.abs(e.numpy()).max()
-        np.testing.assert_allclose(tf.cast(a, tf.float32).numpy(), e.numpy(), rtol=0, atol=3e-2 * scale)

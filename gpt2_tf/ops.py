@@ -1,0 +1,198 @@
+"""Fast kernels for model.py: the original's formulas, computed with less memory or in less time.
+
+Each function here gives the values of a plain formula in model.py (`gelu`, `norm`, `conv1d`,
+`multihead_attn`), and tests/test_ops.py checks that it does, forward and backward, in float32 and
+bfloat16. The reasons are measured on a CPU with the 124M shape: training memory and speed with
+`python bench/train.py --peers ours`, sampling speed with `python bench/sample.py --only ours-xla-float32`.
+
+- Custom gradients keep only their inputs for the backward pass and recompute the rest: `gelu`,
+  `norm`, and `attend`, whose [T, S] attention weights of every head were half of the activation
+  memory of a training step.
+- The recomputations run as one fused XLA loop each (`gelu_grad`, `norm_grad`, `softmax_grad`).
+- `causal_attention` skips the masked quarter of the attention over a whole sequence.
+- Workarounds for XLA and oneDNN on a CPU: `conv1d` at batch 1, `attention_weights` in bfloat16,
+  and `write_cache`, the in-place write of the decoding cache.
+
+Shapes: the leading axes `...` are batch and heads; T queries, S keys, D = C // H.
+"""
+
+import functools
+import math
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla
+from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext
+
+GELU_C = math.sqrt(2 / math.pi)
+
+
+@tf.custom_gradient
+def gelu(x):
+    """model.gelu, keeping only x for the backward pass (a tenth of the 124M model's activation memory)."""
+    return 0.5 * x * (1 + tf.tanh(GELU_C * (x + 0.044715 * tf.pow(x, 3)))), lambda dy: gelu_grad(x, dy)
+
+
+@tf.function(jit_compile=True)
+def gelu_grad(x, dy):
+    """dy * gelu'(x), recomputed from x in one fused loop (XLA). x, dy: [...].
+
+    Computed in float32 whatever the input type: XLA on a CPU has no bfloat16 arithmetic, and its
+    conversions around every operation made this 8 times slower in bfloat16 than in float32.
+    """
+    x32, dy32 = tf.cast(x, tf.float32), tf.cast(dy, tf.float32)
+    t = tf.tanh(GELU_C * (x32 + 0.044715 * x32 * x32 * x32))
+    dx = dy32 * (0.5 * (1 + t) + 0.5 * x32 * (1 - t * t) * GELU_C * (1 + 3 * 0.044715 * x32 * x32))
+    return tf.cast(dx, x.dtype)
+
+
+@tf.custom_gradient
+def norm(x, g, b, epsilon):
+    """model.norm, keeping only x for the backward pass. x: [..., C]; g, b: [C]; epsilon: []."""
+    u = tf.reduce_mean(x, axis=-1, keepdims=True)
+    s = tf.reduce_mean(tf.square(x - u), axis=-1, keepdims=True)
+    y = (x - u) * tf.math.rsqrt(s + epsilon) * g + b
+    return y, lambda dy: norm_grad(x, g, epsilon, dy) + (None,)
+
+
+@tf.function(jit_compile=True)
+def norm_grad(x, g, epsilon, dy):
+    """The gradients (dx [..., C], dg [C], db [C]) of `norm`, in one fused computation (XLA).
+
+    Computed in float32 whatever the input type, as `gelu_grad`.
+    """
+    dtype = x.dtype
+    x, g, epsilon, dy = (tf.cast(t, tf.float32) for t in (x, g, epsilon, dy))
+    u = tf.reduce_mean(x, axis=-1, keepdims=True)
+    r = tf.math.rsqrt(tf.reduce_mean(tf.square(x - u), axis=-1, keepdims=True) + epsilon)
+    x_hat = (x - u) * r
+    batch_axes = list(range(len(x.shape) - 1))
+    dx_hat = dy * g
+    dx = r * (dx_hat - tf.reduce_mean(dx_hat, axis=-1, keepdims=True)
+              - x_hat * tf.reduce_mean(dx_hat * x_hat, axis=-1, keepdims=True))
+    dg, db = tf.reduce_sum(dy * x_hat, batch_axes), tf.reduce_sum(dy, batch_axes)
+    return tf.cast(dx, dtype), tf.cast(dg, dtype), tf.cast(db, dtype)
+
+
+def conv1d(x, w, b):
+    """x w + b for x [N, nx], w [nx, nf], b [nf] -> [N, nf].
+
+    With one row (decoding at batch 1), XLA on a CPU fuses `x w + b` into one matrix-vector kernel
+    that reads w at three quarters of the speed of its plain product. The same sum written as a
+    difference is not fused (batch-1 sampling: about 65 -> 78 tokens/s).
+    """
+    c = tf.matmul(x, w)
+    return c - (0 - b) if x.shape[0] == 1 else c + b
+
+
+def attention(q, k, v, b):
+    """softmax(mask(q k^T / sqrt(D))) v with the keys that b hides masked out.
+
+    q [..., T, D], k and v [..., S, D], b [T, S] bool (True: visible) -> [..., T, D]. The scale is
+    applied to q, which is cheaper than to the [T, S] scores and, for D = 64, exact.
+    """
+    return attend(scaled(q), k, v, b)
+
+
+def causal_attention(q, k, v):
+    """`attention` of a whole sequence over itself (query i sees keys 0..i). q, k, v [..., T, D], T static.
+
+    For an even T of 256 or more it is computed in two halves: the first half of the queries may
+    only see the first half of the keys, so it is computed against those alone. That skips a
+    quarter of the work and of the memory of the scores.
+    """
+    q = scaled(q)
+    n = q.shape[-2]
+    if n % 2 or n < 256:
+        return attend(q, k, v, lower_triangle(n))
+    n //= 2
+    (q1, q2), (k1, _), (v1, _) = (tf.split(x, 2, axis=-2) for x in (q, k, v))  # split: cheaper gradient
+    first = attend(q1, k1, v1, lower_triangle(n))
+    second = attend(q2, k, v, tf.concat([tf.ones([n, n], tf.bool), lower_triangle(n)], axis=1))
+    return tf.concat([first, second], axis=-2)
+
+
+def scaled(q):
+    """q / sqrt(D). q: [..., T, D]."""
+    return q * tf.cast(1 / math.sqrt(q.shape[-1]), q.dtype)
+
+
+def lower_triangle(n):
+    """[n, n] bool, True where j <= i."""
+    return tf.range(n)[None, :] <= tf.range(n)[:, None]
+
+
+@tf.custom_gradient
+def attend(q, k, v, b):
+    """softmax(mask(q k^T)) v, q already scaled. q [..., T, D], k and v [..., S, D], b [T, S] bool.
+
+    For training, the [T, S] attention weights of every head are not kept for the backward pass
+    (they were half of the activation memory of the 124M model): the backward pass computes them
+    again from q and k, at the cost of one more q k^T.
+    """
+    a = tf.matmul(tf.cast(attention_weights(q, k, b), v.dtype), v)
+
+    def grad(da):
+        with tf.control_dependencies([da]):  # computed again after the forward pass, not kept
+            q_again = tf.identity(q)
+        w = attention_weights(q_again, k, b)
+        dv = tf.matmul(tf.cast(w, v.dtype), da, transpose_a=True)
+        dw = tf.matmul(da, v, transpose_b=True)
+        # Through the softmax: ds_ij = w_ij (dw_ij - row_i), row_i = sum_j w_ij dw_ij = da_i . a_i.
+        row = tf.reduce_sum(tf.cast(da, tf.float32) * tf.cast(a, tf.float32), axis=-1, keepdims=True)
+        ds = softmax_grad(w, dw, row)
+        return tf.matmul(ds, k), tf.matmul(ds, q, transpose_a=True), dv, None
+
+    return a, grad
+
+
+def attention_weights(q, k, b):
+    """softmax(mask(q k^T)): q [..., T, D], k [..., S, D], b [T, S] bool -> [..., T, S].
+
+    In float32, or in bfloat16 when q is bfloat16, outside XLA, and `exact_bfloat16_softmax()`.
+    bfloat16 has float32's range, so -1e10 is safe, and TensorFlow's CPU softmax kernel (oneDNN)
+    computes in float32 and rounds once: the values are exactly those of the float32 softmax rounded
+    to bfloat16, and the [T, S] scores are not converted twice. XLA computes a bfloat16 softmax in
+    bfloat16 (errors of several percent), and float16 cannot hold -1e10: there the scores are
+    converted to float32 (under XLA the conversions are fused).
+    """
+    w = tf.matmul(q, k, transpose_b=True)
+    if w.dtype != tf.bfloat16 or in_xla() or not exact_bfloat16_softmax():
+        w = tf.cast(w, tf.float32)
+    # The values of the original's w * b - 1e10 * (1 - b), as one select that keeps no copy of w.
+    return tf.nn.softmax(tf.where(b, w, tf.cast(-1e10, w.dtype)))
+
+
+@tf.function(jit_compile=True)
+def softmax_grad(w, dw, row):
+    """The gradient through the softmax, ds_ij = w_ij (dw_ij - row_i), in one fused pass (XLA).
+
+    w: the attention weights, dw: their gradient, both [..., T, S]; row [..., T, 1] float32, the sum
+    over j of w_ij dw_ij. Computed in float32; returns [..., T, S] in dw's dtype.
+    """
+    return tf.cast(tf.cast(w, tf.float32) * (tf.cast(dw, tf.float32) - row), dw.dtype)
+
+
+def in_xla():
+    """Whether the graph being built is compiled by XLA (in a tf.function with jit_compile=True)."""
+    return GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+@functools.cache
+def exact_bfloat16_softmax():
+    """Whether TensorFlow's bfloat16 softmax on this machine's default device equals its float32
+    softmax rounded to bfloat16 (checked once, on 4 rows of 1024 values). A kernel that summed in
+    bfloat16 would be off by far more than one rounding."""
+    with tf.init_scope():  # eagerly, also when called while a function is traced
+        x = tf.constant(8 * np.sin(np.arange(4 * 1024)).reshape(4, 1024), tf.bfloat16)
+        rounded = tf.cast(tf.nn.softmax(tf.cast(x, tf.float32)), tf.bfloat16)
+        return bool(tf.reduce_all(tf.nn.softmax(x) == rounded))
+
+
+def write_cache(cache, new, position):
+    """`cache` [N, S, D] with `new` [N, T, D] written at positions position .. position + T - 1.
+
+    In place under XLA (dynamic_update_slice), where a concatenation or a scatter would copy the
+    whole cache at every decoding step.
+    """
+    return xla.dynamic_update_slice(cache, new, tf.stack([0, tf.cast(position, tf.int32), 0]))
