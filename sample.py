@@ -9,15 +9,21 @@
 import os
 import sys
 
-from gpt2_tf.cli import EXIT_FAILED, EXIT_INTERRUPTED, Parser, UsageError, check_output_file, integer, number
+from gpt2_tf.cli import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    Parser,
+    UsageError,
+    check_output_file,
+    integer,
+    number,
+)
+from gpt2_tf.model_flags import add_model_flags, check_model_flags
 
 
 def make_parser():
     p = Parser(description="Generate text with GPT-2.")
-    p.add_argument("--model_name", default="124M", help="model folder inside models_dir")
-    p.add_argument("--models_dir", default="models", help="folder of downloaded models")
-    p.add_argument("--run_name", default=None, help="sample from checkpoint_dir/run_name (fine-tuned)")
-    p.add_argument("--checkpoint_dir", default="checkpoint", help="folder of training runs")
+    add_model_flags(p, "sample from checkpoint_dir/run_name (fine-tuned)")
     p.add_argument("--seed", type=integer(0, 2**31 - 1), default=None,
                    help="random seed; same seed, same samples")
     p.add_argument("--nsamples", type=integer(0), default=1,
@@ -47,8 +53,6 @@ def make_parser():
 
 def check_args(args):
     """Check the flags and files before any work (TensorFlow is not imported yet); raises UsageError."""
-    from gpt2_tf.hparams import missing_model
-
     if args.nsamples == 0 and (args.prompt or args.prompt_file or args.interactive):
         raise UsageError("--nsamples 0 (for ever) is for unconditional samples only")
     if args.prompt is not None and args.prompt_file is not None:
@@ -57,13 +61,7 @@ def check_args(args):
         raise UsageError(f"--prompt_file {args.prompt_file}: no such file")
     if args.output is not None:
         check_output_file(args.output, "--output", [args.prompt_file] if args.prompt_file else [])
-    if args.run_name is None:
-        problem = missing_model(args.model_name, args.models_dir)
-        if problem:
-            raise UsageError(problem)
-    elif not os.path.isdir(os.path.join(args.checkpoint_dir, args.run_name)):
-        raise UsageError(f"no training run {args.run_name} in {args.checkpoint_dir} "
-                         "(see --run_name and --checkpoint_dir)")
+    check_model_flags(args)
 
 
 def parse_args(argv=None):

@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["gpt2_tf", "gpt2_tf.*"]),
-    py_modules=["download_model", "encode", "train", "sample", "train_bpe"],
+    py_modules=["download_model", "encode", "train", "sample", "train_bpe", "lens"],
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3",
@@ -20,8 +20,9 @@ setup(
     ],
     extras_require={
         # tiktoken and tokenizers are test oracles only
-        "test": ["pytest", "hypothesis", "ruff", "tiktoken", "tokenizers"],
+        "test": ["pytest", "hypothesis", "ruff", "tiktoken", "tokenizers", "matplotlib"],
         "fast": ["tiktoken"],  # encode.py about 6x faster, same tokens (docs/encode.md)
+        "lens": ["matplotlib"],  # lens.py --png only
     },
     entry_points={
         "console_scripts": [
@@ -30,6 +31,7 @@ setup(
             "gpt2-train=train:main",
             "gpt2-sample=sample:main",
             "gpt2-train-bpe=train_bpe:main",
+            "gpt2-lens=lens:main",
         ],
     },
 )

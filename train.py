@@ -103,6 +103,8 @@ def make_parser():
     add("--val_batch_size", metavar="SIZE", type=POSITIVE, default=2, help="windows per validation batch")
     add("--val_batch_count", metavar="N", type=POSITIVE, default=40, help="validation batches")
     add("--val_every", metavar="STEPS", type=COUNT, default=0, help="validate every STEPS steps (0: never)")
+    add("--val_full", action="store_true",
+        help="validate on all of the validation data, scored as score.py does, instead of sampled batches")
     add("--max_nonfinite", metavar="N", type=COUNT, default=10,
         help="an update whose loss or gradients are not finite (NaN or infinity) is skipped; after N "
              "such steps in a row, save the last good weights and stop with an error (0: at the first)")

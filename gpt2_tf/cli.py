@@ -144,6 +144,20 @@ def check_encoding(encoding):
         raise UsageError(str(e)) from None
 
 
+def start(parser, argv, check, intermixed=False):
+    """(args, check(args)): the parsed flags, checked before any work. A UsageError from check is one
+    line and exit status 2. When the script runs as a program (argv None, not called from Python),
+    TensorFlow's log lines are kept away (`quiet_tensorflow`) unless --verbose."""
+    args = parser.parse_intermixed_args(argv) if intermixed else parser.parse_args(argv)
+    try:
+        checked = check(args)
+    except UsageError as e:
+        parser.error(str(e))
+    if argv is None:
+        quiet_tensorflow(args.verbose)
+    return args, checked
+
+
 def run_or_exit(parser, errors, interrupted, work, *args, **kwargs):
     """Return work(*args, **kwargs), turning failures into one line on stderr and an exit status.
 

@@ -168,17 +168,22 @@ class Encoder:
 
         This is how GPT-2's training data separated documents; use it for datasets.
         """
-        parts = text.split(ENDOFTEXT)
-        tokens = self.encode(parts[0])
-        for part in parts[1:]:
-            tokens.append(self.eot_token)
-            tokens.extend(self.encode(part))
-        return tokens
+        return encode_with_eot(self.encode, text, self.eot_token)
 
     def decode(self, tokens):
         """Decode token ids to text; bytes that are not valid UTF-8 become U+FFFD."""
         text = "".join(self.decoder[int(token)] for token in tokens)
         return bytearray(self.byte_decoder[c] for c in text).decode("utf-8", errors=self.errors)
+
+
+def encode_with_eot(encode, text, eot):
+    """encode(text) -> ids, with each literal `<|endoftext|>` in text turned into the single id eot."""
+    parts = text.split(ENDOFTEXT)
+    tokens = list(encode(parts[0]))
+    for part in parts[1:]:
+        tokens.append(eot)
+        tokens.extend(encode(part))
+    return tokens
 
 
 def load_encoder_files(directory):

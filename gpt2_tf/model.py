@@ -274,9 +274,11 @@ class Block(keras.layers.Layer):
 class GPT2(keras.Model):
     """`model`: token and position embeddings, L blocks, a final norm, and logits from the tied `wte`.
 
-    call(tokens [B, T] int, past [B, L, 2, H, P, D] or None) -> {
+    call(tokens [B, T] int, past [B, L, 2, H, P, D] or None, return_hidden=False) -> {
         "logits": [B, T, V] float32,
         "present": [B, L, 2, H, T, D], the keys and values of the T new positions,
+        "hidden": [B, L + 1, T, C] with return_hidden: the embeddings (h_0) and each block's output
+            (h_1 .. h_L, before ln_f), in the compute dtype; see `unembed` and lens.py,
     }
     With `past`, the new tokens take positions P .. P+T-1. P + T may not exceed n_ctx.
 
@@ -311,28 +313,39 @@ class GPT2(keras.Model):
         ]
         self.ln_f = Norm(hparams.n_embd, name="ln_f", dtype=self.dtype_policy)
 
-    def call(self, tokens, past=None, past_length=None):
+    def call(self, tokens, past=None, past_length=None, return_hidden=False):
         hp = self.hparams
-        batch, length = shape_list(tokens)
         if past_length is not None:
             pasts, start = past, past_length
         else:
             pasts = [None] * hp.n_layer if past is None else tf.unstack(past, axis=1)
             start = 0 if past is None else shape_list(past)[-2]
-        check_positions(start, length, hp.n_ctx)
-        positions = start + tf.range(length)
+        check_positions(start, shape_list(tokens)[1], hp.n_ctx)
+        positions = start + tf.range(shape_list(tokens)[1])
         wte = tf.cast(self.wte, self.compute_dtype)
         h = tf.gather(wte, tokens) + tf.cast(tf.gather(self.wpe, positions)[None], self.compute_dtype)
-        presents = []
+        hidden, presents = [h], []
         for block, layer_past in zip(self.blocks, pasts):
             h, present = block(h, past=layer_past, past_length=past_length)
             presents.append(present)
-        h = self.ln_f(h)
-        logits = tf.matmul(tf.reshape(h, [-1, hp.n_embd]), wte, transpose_b=True)
-        logits = tf.reshape(tf.cast(logits, tf.float32), [batch, length, hp.n_vocab])
-        if past_length is not None:
-            return {"present": presents, "logits": logits}
-        return {"present": tf.stack(presents, axis=1), "logits": logits}
+            hidden.append(h)
+        out = {"present": presents if past_length is not None else tf.stack(presents, axis=1),
+               "logits": self.logits(self.ln_f(h), wte)}
+        if return_hidden:
+            out["hidden"] = tf.stack(hidden, axis=1)
+        return out
+
+    def unembed(self, h, final_norm=True):
+        """Logits [..., V] float32 of hidden states h [..., C]: ln_f (unless final_norm=False), then
+        the product with the tied wte. The model's own logits are unembed(h_L)."""
+        return self.logits(self.ln_f(h) if final_norm else h, tf.cast(self.wte, h.dtype))
+
+    def logits(self, h, wte):
+        """h [..., C] times wte [V, C] transposed -> [..., V] float32. `call` passes the wte it read for
+        the embeddings: one read, so that the two gradients of wte are summed before any conversion."""
+        *start, n_embd = shape_list(h)
+        logits = tf.matmul(tf.reshape(h, [-1, n_embd]), wte, transpose_b=True)
+        return tf.reshape(tf.cast(logits, tf.float32), start + [self.hparams.n_vocab])
 
     def variables_by_name(self):
         """{TF1 checkpoint name: variable}, e.g. "model/h0/attn/c_attn/w"."""

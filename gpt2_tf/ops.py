@@ -10,6 +10,7 @@ bfloat16. The reasons are measured on a CPU with the 124M shape: training memory
   memory of a training step.
 - The recomputations run as one fused XLA loop each (`gelu_grad`, `norm_grad`, `softmax_grad`).
 - `causal_attention` skips the masked quarter of the attention over a whole sequence.
+- `cross_entropy`, the loss over the [T, V] logits, in one fused pass forward and one backward.
 - Workarounds for XLA and oneDNN on a CPU: `conv1d` at batch 1, `attention_weights` in bfloat16,
   and `write_cache`, the in-place write of the decoding cache.
 
@@ -196,3 +197,29 @@ def write_cache(cache, new, position):
     whole cache at every decoding step.
     """
     return xla.dynamic_update_slice(cache, new, tf.stack([0, tf.cast(position, tf.int32), 0]))
+
+
+@tf.custom_gradient
+def cross_entropy(logits, labels):
+    """-log softmax(logits)[label] of each row: logits [N, V] float32, labels [N] int32 -> [N].
+
+    The values of tf.nn.sparse_softmax_cross_entropy_with_logits, in one fused pass forward and one
+    backward (XLA): for the 124M model's [1024, 50257] logits on a CPU, 27 ms per update instead of 85.
+    """
+    losses, log_sum = cross_entropy_forward(logits, labels)
+    return losses, lambda dloss: (cross_entropy_backward(logits, labels, log_sum, dloss), None)
+
+
+@tf.function(jit_compile=True)
+def cross_entropy_forward(logits, labels):
+    """(losses [N], log of the softmax's denominator [N]) for logits [N, V], labels [N]."""
+    top = tf.reduce_max(logits, axis=-1, keepdims=True)
+    log_sum = tf.math.log(tf.reduce_sum(tf.exp(logits - top), axis=-1)) + top[:, 0]
+    return log_sum - tf.gather(logits, labels, batch_dims=1), log_sum
+
+
+@tf.function(jit_compile=True)
+def cross_entropy_backward(logits, labels, log_sum, dloss):
+    """d(losses . dloss) / d logits = (softmax(logits) - one_hot(labels)) * dloss. -> [N, V]."""
+    probs = tf.exp(logits - log_sum[:, None])
+    return (probs - tf.one_hot(labels, tf.shape(logits)[-1])) * dloss[:, None]

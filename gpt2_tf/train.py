@@ -42,9 +42,10 @@ from gpt2_tf.cli import UsageError
 from gpt2_tf.encoder import Encoder, get_encoder
 from gpt2_tf.files import atomic_write
 from gpt2_tf.hparams import HParams, save_hparams
-from gpt2_tf.model import GPT2, shape_list
+from gpt2_tf.model import GPT2
 from gpt2_tf.optim import DISPLAY_NAMES, learning_rate_schedule, make_optimizer
 from gpt2_tf.sample import Generator, sample_sequence
+from gpt2_tf.score import load_documents, next_token_scores, score_documents, totals
 from gpt2_tf.train_checks import check_args, memory_warning
 from gpt2_tf.train_state import (
     RunCheckpoints,
@@ -188,52 +189,16 @@ def trained_variables(model, only_transformer_layers=False):
 # The loss and the compiled training step.
 
 
-def next_token_losses(model, inputs, labels):
-    """The cross-entropies [b, T - 1] of predicting labels[:, 1:] from inputs[:, :-1]. inputs, labels: [b, T].
-
-    The logits of all T positions are used as they come, the last one with a placeholder label
-    whose loss is dropped: slicing the [b, T, V] logits would copy them, and its gradient too.
-    """
-    logits = model(inputs)["logits"]
-    targets = tf.concat([labels[:, 1:], labels[:, :1]], axis=1)
-    batch, length, n_vocab = shape_list(logits)
-    losses = cross_entropy(tf.reshape(logits, [-1, n_vocab]), tf.reshape(targets, [-1]))
-    return tf.reshape(losses, [batch, length])[:, :-1]
-
-
-@tf.custom_gradient
-def cross_entropy(logits, labels):
-    """-log softmax(logits)[label] of each row: logits [N, V] float32, labels [N] int32 -> [N].
-
-    The values of tf.nn.sparse_softmax_cross_entropy_with_logits, in one fused pass forward and one
-    backward (XLA): for the 124M model's [1024, 50257] logits on a CPU, 27 ms per update instead of 85.
-    """
-    losses, log_sum = cross_entropy_forward(logits, labels)
-    return losses, lambda dloss: (cross_entropy_backward(logits, labels, log_sum, dloss), None)
-
-
-@tf.function(jit_compile=True)
-def cross_entropy_forward(logits, labels):
-    """(losses [N], log of the softmax's denominator [N]) for logits [N, V], labels [N]."""
-    top = tf.reduce_max(logits, axis=-1, keepdims=True)
-    log_sum = tf.math.log(tf.reduce_sum(tf.exp(logits - top), axis=-1)) + top[:, 0]
-    return log_sum - tf.gather(logits, labels, batch_dims=1), log_sum
-
-
-@tf.function(jit_compile=True)
-def cross_entropy_backward(logits, labels, log_sum, dloss):
-    """d(losses . dloss) / d logits = (softmax(logits) - one_hot(labels)) * dloss. -> [N, V]."""
-    probs = tf.exp(logits - log_sum[:, None])
-    return (probs - tf.one_hot(labels, tf.shape(logits)[-1])) * dloss[:, None]
-
-
 def loss_sum(model, inputs, labels):
     """Sum of the cross-entropies of predicting labels[:, 1:] from inputs[:, :-1].
 
     inputs, labels: [b, T] int32 (inputs are the possibly noised labels). Returns a float32 scalar;
-    divided by b * (T - 1) it is the original's loss (a mean over every position of every row).
+    divided by b * (T - 1) it is the original's loss (a mean over every position of every row). The
+    logits of all T positions are used as they come, the last one with a placeholder target whose
+    loss is dropped: slicing the [b, T, V] logits would copy them, and their gradient too.
     """
-    return tf.reduce_sum(next_token_losses(model, inputs, labels))
+    targets = tf.concat([labels[:, 1:], labels[:, :1]], axis=1)
+    return tf.reduce_sum(next_token_scores(model, inputs, targets)["loss"][:, :-1])
 
 
 def randomize(context, p, n_vocab, rng):
@@ -393,7 +358,8 @@ class TrainStep:
 
 
 class Evaluator:
-    """Validation loss: `evaluator(tokens [V, T])` -> mean cross-entropy over V * (T - 1) predictions.
+    """Sampled validation: `evaluator(tokens [V, T])` -> (mean cross-entropy, accuracy) over the
+    V * (T - 1) predictions (score.next_token_scores' definitions).
 
     Runs on every replica of the strategy; when V does not divide among them, the batch is padded
     with rows that count for nothing.
@@ -403,15 +369,19 @@ class Evaluator:
         self.model = model
         self.strategy = strategy
         self.replicas = strategy.num_replicas_in_sync
-        self._loss = tf.function(self._replica_loss, jit_compile=jit_compile)
-        self._step = tf.function(self._distributed_loss)
+        self._sums = tf.function(self._replica_sums, jit_compile=jit_compile)
+        self._step = tf.function(self._distributed_sums)
 
-    def _replica_loss(self, tokens, weights):
-        return tf.reduce_sum(next_token_losses(self.model, tokens, tokens) * weights[:, None])
+    def _replica_sums(self, tokens, weights):
+        targets = tf.concat([tokens[:, 1:], tokens[:, :1]], axis=1)  # as in loss_sum, the last one dropped
+        scores = next_token_scores(self.model, tokens, targets)
+        counted = weights[:, None]
+        return (tf.reduce_sum(scores["loss"][:, :-1] * counted),
+                tf.reduce_sum(tf.cast(scores["correct"][:, :-1], tf.float32) * counted))
 
-    def _distributed_loss(self, tokens, weights):
-        totals = self.strategy.run(self._loss, args=(tokens, weights))
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None)
+    def _distributed_sums(self, tokens, weights):
+        nll, correct = self.strategy.run(self._sums, args=(tokens, weights))
+        return tuple(self.strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None) for x in (nll, correct))
 
     def __call__(self, tokens):
         tokens = np.asarray(tokens, np.int32)
@@ -428,8 +398,9 @@ class Evaluator:
                 return tf.constant(array[start:start + per_replica])
             return self.strategy.experimental_distribute_values_from_function(value)
 
-        total = self._step(share(padded), share(weights))
-        return float(total) / (rows * (length - 1))
+        nll, correct = self._step(share(padded), share(weights))
+        predictions = rows * (length - 1)
+        return float(nll) / predictions, float(correct) / predictions
 
 
 def current_learning_rate(optimizer):
@@ -550,7 +521,8 @@ class Run:
     checkpoints: RunCheckpoints
     writer: tf.summary.SummaryWriter
     evaluator: "Evaluator | None"
-    val_batches: list
+    val_batches: list  # sampled validation windows, or
+    val_documents: "list | None"  # with --val_full, the whole validation data
     generator: Generator
     start_time: float = dataclasses.field(default_factory=time.time)
 
@@ -583,8 +555,10 @@ def run(args, checked=None):
 
     say("Loading dataset...")
     chunks, total_tokens = load_chunks(enc, args.dataset, args, hparams.n_ctx)
-    val_chunks = chunks
-    if args.val_every > 0 and args.val_dataset:
+    val_chunks, val_documents = chunks, None
+    if args.val_every > 0 and args.val_full:
+        val_documents = load_validation_documents(enc, args, hparams.n_vocab)
+    elif args.val_every > 0 and args.val_dataset:
         val_chunks, _ = load_chunks(enc, args.val_dataset, args, hparams.n_ctx, "validation dataset")
     say(f"dataset has {total_tokens} tokens")
 
@@ -605,7 +579,7 @@ def run(args, checked=None):
                            args.accumulate_gradients, hparams.n_ctx, jit_compile=compile_mode == "xla",
                            loss_scaling=args.mixed_precision == "fp16",
                            xla_update=not memory_saving and args.optimizer != "adafactor")
-    val_batches = validation_batches(args, val_chunks, hparams.n_ctx)
+    val_batches = validation_batches(args, val_chunks, hparams.n_ctx) if val_documents is None else []
     evaluator = Evaluator(model, strategy, jit_compile=compile_mode == "xla") if val_batches else None
     checkpoints = RunCheckpoints(run_dir, max_to_keep=args.max_to_keep or None, keep_every_hours=2,
                                  aux_files={name: os.path.join(base_dir, name)
@@ -613,7 +587,8 @@ def run(args, checked=None):
     writer = tf.summary.create_file_writer(run_dir) if chief else tf.summary.create_noop_writer()
     r = Run(args=args, hparams=hparams, enc=enc, model=model, optimizer=optimizer, variables=variables,
             progress=progress, chief=chief, run_dir=run_dir, checkpoints=checkpoints, writer=writer,
-            evaluator=evaluator, val_batches=val_batches, generator=Generator(model),
+            evaluator=evaluator, val_batches=val_batches, val_documents=val_documents,
+            generator=Generator(model),
             sample_dir=os.path.join(args.sample_dir, args.run_name))
 
     # The loop: one update per step until --steps more, a stop request, or too many bad updates.
@@ -621,7 +596,7 @@ def run(args, checked=None):
     end = None if args.steps is None else progress.step + args.steps
     skipped = 0  # steps in a row whose update was skipped
     with StopRequest() as stop:
-        if evaluator and progress.step == 0:
+        if args.val_every > 0 and progress.step == 0:
             validate(r)
         while not stop.requested and (end is None or progress.step < end):
             loss, finite = train_step(*next_batch(r))
@@ -640,7 +615,7 @@ def run(args, checked=None):
                 say(f"[{step} | {r.elapsed():2.2f}] loss={loss:2.2f} avg={progress.average():2.2f}")
             if args.sample_every and step % args.sample_every == 0:
                 generate_samples(r)
-            if evaluator and step % args.val_every == 0:
+            if args.val_every > 0 and step % args.val_every == 0:
                 validate(r)
             if args.save_every and step % args.save_every == 0:
                 save(r)
@@ -821,10 +796,38 @@ def generate_samples(r):
 
 
 def validate(r):
-    """The mean loss over the validation batches, printed and written to TensorBoard."""
+    """The validation loss, printed, and written to TensorBoard with val_ppl and val_accuracy: over the
+    sampled batches (the original's estimate), or with --val_full over all of the validation data, each
+    document scored as score.py scores it (n_ctx windows, stride n_ctx // 2, after <|endoftext|>)."""
     say("Calculating validation loss...")
-    losses = [r.evaluator(batch) for batch in tqdm(r.val_batches)]
-    value = float(np.mean(losses))
-    write_scalar(r.writer, "val_loss", value, r.progress.step)
+    if r.val_documents is not None:
+        n_ctx = r.hparams.n_ctx
+        with tqdm(total=sum(len(d.tokens) for d in r.val_documents), unit="tok") as bar:
+            scored = score_documents(r.model, r.val_documents, n_ctx, n_ctx // 2, progress=bar.update,
+                                     eot=r.enc.eot_token)
+        total = totals(scored)
+        loss, accuracy = total["loss"], total["accuracy"]
+    else:
+        results = [r.evaluator(batch) for batch in tqdm(r.val_batches)]
+        loss, accuracy = (float(np.mean(values)) for values in zip(*results))
+    step = r.progress.step
+    write_scalar(r.writer, "val_loss", loss, step)
+    write_scalar(r.writer, "val_ppl", float(np.exp(min(loss, 700))), step)
+    write_scalar(r.writer, "val_accuracy", accuracy, step)
     r.writer.flush()
-    say(f"[{r.progress.step} | {r.elapsed():2.2f}] validation loss = {value:2.2f}")
+    say(f"[{step} | {r.elapsed():2.2f}] validation loss = {loss:2.2f}")
+
+
+def load_validation_documents(enc, args, n_vocab):
+    """--val_full's documents: each file of --val_dataset (default --dataset), each array of an .npz."""
+    from gpt2_tf.dataset import DatasetError, list_files
+
+    path = args.val_dataset or args.dataset
+    try:
+        documents = load_documents(enc, list_files(path, args.encoding), encoding=args.encoding,
+                                   errors=args.errors, n_vocab=n_vocab)
+    except DatasetError as e:
+        raise UsageError(f"validation dataset {e}") from None
+    if not any(len(d.tokens) for d in documents):
+        raise UsageError(f"validation dataset {path}: no tokens to score")
+    return documents

@@ -27,6 +27,8 @@ def check_args(args):
     Fills in the default of --sample_length (n_ctx - 1).
     """
     parse_memlimit(args.twremat_memlimit)
+    if args.val_full and not args.val_every:
+        raise UsageError("--val_full needs --val_every (how often to validate)")
     check_encoding(args.encoding)
     for flag in ("checkpoint_dir", "sample_dir"):
         check_folder_or_new(getattr(args, flag), f"--{flag}")

@@ -17,8 +17,9 @@ def gelu(x):
     return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
-def forward(weights, hparams, tokens):
-    """tokens [B, T] -> (logits [B, T, V], kv [B, L, 2, H, T, D]), all float64."""
+def forward(weights, hparams, tokens, return_hidden=False):
+    """tokens [B, T] -> (logits [B, T, V], kv [B, L, 2, H, T, D]), all float64; with return_hidden
+    also the residual stream [B, L + 1, T, C]: the embeddings, then the output of each block."""
     w = {k: np.asarray(v, np.float64) for k, v in weights.items()}
     n_head, n_embd = hparams["n_head"], hparams["n_embd"]
     d = n_embd // n_head
@@ -26,7 +27,7 @@ def forward(weights, hparams, tokens):
     batch, length = tokens.shape
     x = w["model/wte"][tokens] + w["model/wpe"][np.arange(length)][None]
     causal = np.tril(np.ones((length, length), bool))
-    kv = []
+    kv, hidden = [], [x]
     for i in range(hparams["n_layer"]):
         p = f"model/h{i}/"
         h = layer_norm(x, w[p + "ln_1/g"], w[p + "ln_1/b"])
@@ -43,7 +44,10 @@ def forward(weights, hparams, tokens):
         h = layer_norm(x, w[p + "ln_2/g"], w[p + "ln_2/b"])
         h = gelu(h @ w[p + "mlp/c_fc/w"][0] + w[p + "mlp/c_fc/b"])
         x = x + h @ w[p + "mlp/c_proj/w"][0] + w[p + "mlp/c_proj/b"]
+        hidden.append(x)
     x = layer_norm(x, w["model/ln_f/g"], w["model/ln_f/b"])
+    if return_hidden:
+        return x @ w["model/wte"].T, np.stack(kv, axis=1), np.stack(hidden, axis=1)
     return x @ w["model/wte"].T, np.stack(kv, axis=1)
 
 

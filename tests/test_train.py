@@ -21,6 +21,7 @@ from tf1_model import TINY_HPARAMS
 import train as train_script
 from gpt2_tf import checkpoint
 from gpt2_tf.hparams import HParams
+from gpt2_tf.ops import cross_entropy as fused_cross_entropy
 from gpt2_tf.optim import FactoredAdafactor, make_optimizer, optimizer_state
 from gpt2_tf.train import (
     Evaluator,
@@ -30,9 +31,6 @@ from gpt2_tf.train import (
     randomize,
     run,
     trained_variables,
-)
-from gpt2_tf.train import (
-    cross_entropy as fused_cross_entropy,
 )
 from gpt2_tf.train_checks import parse_memlimit
 from gpt2_tf.train_state import RunCheckpoints, load_train_state, read_counter, restore_optimizer
@@ -96,7 +94,8 @@ def test_flag_defaults_are_the_originals():
     # sample_length None: n_ctx - 1 (1023 for the released models), filled in once hparams are read
     assert {k: getattr(args, k) for k in expected} == expected
     new = dict(steps=None, seed=None, checkpoint_dir="checkpoint", sample_dir="samples", max_to_keep=5,
-               compile="auto", mixed_precision=None, distribute="auto", literal_endoftext=False)
+               compile="auto", mixed_precision=None, distribute="auto", literal_endoftext=False,
+               val_full=False)
     assert {k: getattr(args, k) for k in new} == new
 
 
@@ -115,6 +114,7 @@ def test_help_describes_the_trainer(capsys):
     (["--twremat_memlimit", "lots"], "--twremat_memlimit"),
     (["--accumulate_gradients", "0"], "--accumulate_gradients: must be at least 1"),
     (["--no_such_flag"], "unrecognized arguments"),
+    (["--val_full"], "--val_full needs --val_every"),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, tiny_model, data, capsys, extra, message):
     with pytest.raises(SystemExit) as exit:
@@ -184,7 +184,7 @@ def test_console_lines_and_run_layout(tmp_path, tiny_model, data, capsys):
     for event_file in run_dir.glob("events.out.tfevents.*"):
         for event in tf.compat.v1.train.summary_iterator(str(event_file)):
             tags.update(value.tag for value in event.summary.value)
-    assert {"loss", "learning_rate", "val_loss"} <= tags
+    assert {"loss", "learning_rate", "val_loss", "val_ppl", "val_accuracy"} <= tags
 
 
 def test_model_n_holds_n_updates_and_fresh_restarts_the_count(tmp_path, tiny_model, data, capsys):
@@ -310,7 +310,8 @@ def test_loss_matches_the_numpy_oracle(tiny_model):
     assert step(inputs, labels) == pytest.approx((expected, True), rel=1e-5)
     clean_logits, _ = forward(tiny_model[2], TINY_HPARAMS, labels[0])
     evaluator = Evaluator(model, tf.distribute.get_strategy())
-    assert evaluator(labels[0]) == pytest.approx(cross_entropy(clean_logits, labels[0]), rel=1e-5)
+    accuracy = np.mean(clean_logits[:, :-1].argmax(-1) == labels[0][:, 1:])
+    assert evaluator(labels[0]) == pytest.approx((cross_entropy(clean_logits, labels[0]), accuracy), rel=1e-5)
 
 
 def test_memory_saving_gradients_equal_plain_ones(tiny_model):

@@ -1,0 +1,153 @@
+"""score.py's work once its flags are checked (`run`), and its outputs: the table, JSON, one TSV row per
+scored token, and a self-contained HTML page.
+
+The outputs read `gpt2_tf.score.Scored` results and the figures of `score.totals` and need no
+TensorFlow; `run` imports it when it loads the model.
+"""
+
+import html
+import json
+import math
+import sys
+
+from tqdm import tqdm
+
+from gpt2_tf.cli import UsageError
+from gpt2_tf.files import atomic_write
+
+COLUMNS = ["tokens", "bytes", "words", "loss", "ppl", "bits/byte", "word ppl", "accuracy"]
+
+
+def row_values(sums):
+    """The table's cells for one row, from a dict with tokens, bytes, words and the figures."""
+    def number(value, digits, scale=1, unit=""):
+        return "-" if value is None else f"{scale * value:,.{digits}f}{unit}"
+
+    return [number(sums["tokens"], 0), number(sums["bytes"], 0), number(sums["words"], 0),
+            number(sums["loss"], 4), number(sums["ppl"], 3), number(sums["bpb"], 4),
+            number(sums["word_ppl"], 3), number(sums["accuracy"], 2, 100, "%")]
+
+
+def table(rows, total):
+    """Lines of a table: [(name, sums)] rows then the TOTAL row, names left, numbers right."""
+    cells = [(name, row_values(sums)) for name, sums in rows] + [("TOTAL", row_values(total))]
+    name_width = max(len("document"), *(len(name) for name, _ in cells))
+    widths = [max(len(c), *(len(values[i]) for _, values in cells)) for i, c in enumerate(COLUMNS)]
+    lines = ["  ".join([f"{'document':<{name_width}}"] + [f"{c:>{w}}" for c, w in zip(COLUMNS, widths)])]
+    lines += ["  ".join([f"{name:<{name_width}}"] + [f"{v:>{w}}" for v, w in zip(values, widths)])
+              for name, values in cells]
+    return lines
+
+
+def to_json(settings, documents, total):
+    """The JSON of docs/score.md: settings (context, stride, prefix, ...), documents [(name, sums)], total."""
+    keys = ("tokens", "bytes", "words", "nll", "correct")
+    rows = [{"name": name, **{k: sums[k] for k in keys}} for name, sums in documents]
+    return {**settings, "documents": rows, "total": total}
+
+
+def write_json(path, data):
+    with atomic_write(path, encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+
+
+def escaped(text):
+    """A token's text on one TSV line: backslash, tab, newline and carriage return escaped."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def write_tsv(path, scored, decode):
+    """One row per scored token: document, position, id, token, logprob, rank, entropy (nats)."""
+    with atomic_write(path, encoding="utf-8") as f:
+        f.write("document\tposition\tid\ttoken\tlogprob\trank\tentropy\n")
+        for s in scored:
+            for row in zip(s.positions, s.ids, s.logprob, s.rank, s.entropy):
+                position, token, logprob, rank, entropy = row
+                f.write(f"{s.document.name}\t{position}\t{token}\t{escaped(decode(int(token)))}\t"
+                        f"{logprob:.9g}\t{rank}\t{entropy:.6f}\n")
+
+
+def surprisal_colour(bits):
+    """White at 0 bits of surprisal, deep red at 16 bits or more."""
+    shade = min(bits / 16, 1.0)
+    return f"rgb(255,{round(255 - 200 * shade)},{round(255 - 220 * shade)})"
+
+
+def write_html(path, scored, decode, title):
+    """Every scored token coloured by its surprisal; hovering shows its probability, rank and the top 5."""
+    parts = []
+    for s in scored:
+        spans = []
+        for token, logprob, rank, top_ids, top_probs in zip(s.ids, s.logprob, s.rank, s.top_ids, s.top_probs):
+            bits = -logprob / math.log(2)
+            top = "\n".join(f"{decode(int(t))!r} {100 * p:.2f}%" for t, p in zip(top_ids, top_probs))
+            tip = f"p = {100 * math.exp(logprob):.3g}%, {bits:.2f} bits, rank {rank}\n{top}"
+            spans.append(f'<span style="background:{surprisal_colour(bits)}" title="{html.escape(tip)}">'
+                         f"{html.escape(decode(int(token)))}</span>")
+        parts.append(f"<h2>{html.escape(s.document.name)}</h2><pre>{''.join(spans)}</pre>")
+    page = ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>' + html.escape(title) + "</title>"
+            "<style>body{font-family:sans-serif;margin:2em}pre{white-space:pre-wrap;line-height:1.6}</style>"
+            "</head><body>\n<h1>" + html.escape(title) + "</h1>\n<p>Each token's colour: its surprisal "
+            "(white: certain, red: 16 bits or more). Hover over a token for its probability, rank and the "
+            "model's top 5.</p>\n" + "\n".join(parts) + "\n</body></html>\n")
+    with atomic_write(path, encoding="utf-8") as f:
+        f.write(page)
+
+
+# ---------------------------------------------------------------------------------------------------
+# score.py, after its flags are parsed.
+
+
+def run(args, files, out=None):
+    """score.py: load the model and the documents of `files`, score them, print the table to `out`
+    (default stdout) and write the requested files. Returns the totals."""
+    from gpt2_tf.generate import load
+    from gpt2_tf.score import figures, load_documents, score_documents, totals
+
+    out = out or sys.stdout
+    model, hparams, enc = load(args.model_name, args.models_dir, args.run_name, args.checkpoint_dir,
+                               dtype=args.dtype)
+    context = args.context or hparams.n_ctx
+    if context > hparams.n_ctx:
+        raise UsageError(f"--context {context} is more than the model's n_ctx = {hparams.n_ctx}")
+    stride = args.stride or context // 2
+    if stride > context:
+        raise UsageError(f"--stride {stride} is more than --context {context}; it must be 1 to "
+                         f"{context}")
+    documents = load_documents(enc, files, args.per_line, args.encoding, args.errors, hparams.n_vocab)
+    if args.prefix == "eot" and args.compat is None and enc.eot_token is None:
+        raise UsageError("the vocabulary has no <|endoftext|> token: use --prefix none")
+    prefix = "none" if args.compat == "hf" else args.prefix
+    targets = sum(max(0, len(d.tokens) - (prefix == "none")) for d in documents)
+    if not targets:
+        raise UsageError("nothing to score: the input has no tokens"
+                         + (" after the first of each document" if prefix == "none" else ""))
+    details = bool(args.tsv or args.html)
+    with tqdm(total=targets, unit="tok", desc="Scoring", disable=args.quiet, dynamic_ncols=True) as bar:
+        scored = score_documents(model, documents, context, stride, args.prefix, args.compat,
+                                 args.batch_size, details, bar.update, enc.eot_token)
+    total = totals(scored)
+    rows = [(s.document.name, {"tokens": s.tokens, "bytes": s.document.bytes, "words": s.document.words,
+                               "nll": s.nll, "correct": s.correct,
+                               **figures(s.tokens, s.nll, s.correct, s.document.bytes, s.document.words)})
+            for s in scored]
+    if not args.quiet:
+        shown = rows if (args.show_documents or not args.per_line) else []
+        print("\n".join(table(shown, total)), file=out)
+        if total["bytes"] is None:
+            print("(.npz input holds tokens only: bits per byte and word perplexity need the text)", file=out)
+    if args.json:
+        settings = {"model": args.run_name or args.model_name, "context": context, "stride": stride,
+                    "prefix": prefix, "compat": args.compat}
+        write_json(args.json, to_json(settings, rows, total))
+
+    def decode(token):
+        return enc.decode([token])
+
+    if args.tsv:
+        write_tsv(args.tsv, scored, decode)
+    if args.html:
+        names = ", ".join(s.document.name for s in scored[:3]) + (", ..." if len(scored) > 3 else "")
+        write_html(args.html, scored, decode, f"{args.run_name or args.model_name}: {names}")
+    return total
