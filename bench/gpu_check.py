@@ -37,8 +37,7 @@ import tensorflow as tf  # noqa: E402
 from gpt2_tf.hparams import HParams, released  # noqa: E402
 from gpt2_tf.optim import make_optimizer  # noqa: E402
 from gpt2_tf.sample import Generator, sample_sequence  # noqa: E402
-from gpt2_tf.score import next_token_scores  # noqa: E402
-from gpt2_tf.train import TrainStep, build_model, default_compile, trained_variables  # noqa: E402
+from gpt2_tf.train import TrainStep, build_model, default_compile, trained_variables, window_scores  # noqa: E402
 
 TINY = HParams(n_vocab=512, n_ctx=64, n_embd=64, n_head=4, n_layer=2)
 # Dense peak TFLOP/s by device name: (float32 as TF32, bfloat16/float16).
@@ -115,7 +114,7 @@ def tiny_results(device):
         tokens = np.random.RandomState(2).randint(0, TINY.n_vocab, (2, TINY.n_ctx)).astype(np.int32)
         variables = list(trained_variables(model).values())
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(next_token_scores(model, tokens, tokens)["loss"])
+            loss = tf.reduce_mean(window_scores(model, tokens, tokens)["loss"])
         grads = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, variables)]
         logits = model(tokens)["logits"].numpy()
         greedy = sample_sequence(model, 16, context=tokens[:, :8], temperature=0)

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from gpt2_tf.cli import UsageError
+from gpt2_tf.score import rank
 
 
 @dataclasses.dataclass
@@ -118,12 +119,6 @@ class LogitLens:
 _lenses = weakref.WeakKeyDictionary()  # model -> its LogitLens
 
 
-def rank(logits, ids):
-    """1 + the number of tokens with larger logits than each of ids: logits [N, V], ids [N, W] -> [N, W]."""
-    picked = tf.gather(logits, ids, batch_dims=1)  # [N, W]
-    return 1 + tf.reduce_sum(tf.cast(logits[:, None, :] > picked[:, :, None], tf.int32), axis=-1)
-
-
 # ---------------------------------------------------------------------------------------------------
 # lens.py, after its flags are parsed.
 
@@ -137,9 +132,7 @@ def run(args, out=None):
 
     out = out or sys.stdout
     model, hparams, enc = load(args.model_name, args.models_dir, args.run_name, args.checkpoint_dir)
-    prompt = enc.encode(args.prompt)
-    if not prompt:
-        raise UsageError("the prompt is empty: give --prompt some text")
+    prompt = enc.encode(args.prompt)  # not empty: lens.py refuses an empty prompt
     if len(prompt) + args.generate > hparams.n_ctx:
         raise UsageError(f"the prompt has {len(prompt)} tokens" + (f" and --generate adds {args.generate}"
                          if args.generate else "") + f": at most n_ctx = {hparams.n_ctx} together")
@@ -162,11 +155,11 @@ def run(args, out=None):
                                  top_k=args.sample_top_k, top_p=args.top_p, seed=args.seed)[0].tolist()
     lens = logit_lens(model, tokens, position, args.top_k, watch_ids, final_norm=not args.no_final_ln)
 
-    texts = [enc.decode([t]) for t in tokens]
-    watch_texts = [enc.decode([t]) for t in watch_ids]
-    def decode(t):
-        return enc.decode([t])
+    def decode(token):
+        return enc.decode([token])
 
+    texts = [decode(t) for t in tokens]
+    watch_texts = [decode(t) for t in watch_ids]
     if not args.quiet:
         lines = lens_report.layer_table(lens, texts, watch_texts, decode)
         if args.generate:

@@ -38,10 +38,16 @@ def next_token_scores(model, inputs, targets, details=False):
     if details:
         log_p = tf.nn.log_softmax(flat)
         top = tf.math.top_k(log_p, k=min(TOP, n_vocab))
-        out.update(rank=1 + tf.reduce_sum(tf.cast(flat > picked[:, None], tf.int32), axis=-1),
+        out.update(rank=rank(flat, labels[:, None])[:, 0],
                    entropy=-tf.reduce_sum(tf.exp(log_p) * log_p, axis=-1),
                    top_ids=top.indices, top_probs=tf.exp(top.values))
     return {name: tf.reshape(value, [batch, length, *value.shape[1:]]) for name, value in out.items()}
+
+
+def rank(logits, ids):
+    """1 + the number of tokens with larger logits than each of ids: logits [N, V], ids [N, W] -> [N, W]."""
+    picked = tf.gather(logits, ids, batch_dims=1)  # [N, W]
+    return 1 + tf.reduce_sum(tf.cast(logits[:, None, :] > picked[:, :, None], tf.int32), axis=-1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -135,7 +141,7 @@ class Scored:
 
 def sequence(document, prefix, eot):
     """The token sequence t_0 .. t_n to score: <|endoftext|> then the document (prefix "eot"), or the
-    document alone ("none", "hf")."""
+    document alone ("none")."""
     tokens = document.tokens.astype(np.int32)
     return np.concatenate([[eot], tokens]).astype(np.int32) if prefix == "eot" else tokens
 
@@ -189,10 +195,8 @@ class WindowScorer:
     """Scores windows of token sequences in batches of fixed shapes (compiled once per length)."""
 
     def __init__(self, model, context, batch_size=8, details=False, jit_compile=None):
-        self.model = model
         self.context = context
         self.batch_size = batch_size
-        self.details = details
         self._scores = tf.function(lambda inputs, targets: next_token_scores(model, inputs, targets, details),
                                    jit_compile=jit_compile, reduce_retracing=True)
 

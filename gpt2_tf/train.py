@@ -189,16 +189,22 @@ def trained_variables(model, only_transformer_layers=False):
 # The loss and the compiled training step.
 
 
-def loss_sum(model, inputs, labels):
-    """Sum of the cross-entropies of predicting labels[:, 1:] from inputs[:, :-1].
+def window_scores(model, inputs, labels):
+    """score.next_token_scores of predicting labels[:, 1:] from inputs[:, :-1]: each [b, T - 1].
 
-    inputs, labels: [b, T] int32 (inputs are the possibly noised labels). Returns a float32 scalar;
-    divided by b * (T - 1) it is the original's loss (a mean over every position of every row). The
-    logits of all T positions are used as they come, the last one with a placeholder target whose
-    loss is dropped: slicing the [b, T, V] logits would copy them, and their gradient too.
+    inputs, labels: [b, T] int32 (inputs are the possibly noised labels). The logits of all T
+    positions are used as they come, the last one with a placeholder target whose scores are dropped:
+    slicing the [b, T, V] logits would copy them, and their gradient too.
     """
     targets = tf.concat([labels[:, 1:], labels[:, :1]], axis=1)
-    return tf.reduce_sum(next_token_scores(model, inputs, targets)["loss"][:, :-1])
+    return {name: value[:, :-1] for name, value in next_token_scores(model, inputs, targets).items()}
+
+
+def loss_sum(model, inputs, labels):
+    """Sum of the cross-entropies of predicting labels[:, 1:] from inputs[:, :-1] ([b, T] int32): a
+    float32 scalar; divided by b * (T - 1) it is the original's loss (a mean over every position of
+    every row)."""
+    return tf.reduce_sum(window_scores(model, inputs, labels)["loss"])
 
 
 def randomize(context, p, n_vocab, rng):
@@ -373,11 +379,10 @@ class Evaluator:
         self._step = tf.function(self._distributed_sums)
 
     def _replica_sums(self, tokens, weights):
-        targets = tf.concat([tokens[:, 1:], tokens[:, :1]], axis=1)  # as in loss_sum, the last one dropped
-        scores = next_token_scores(self.model, tokens, targets)
+        scores = window_scores(self.model, tokens, tokens)
         counted = weights[:, None]
-        return (tf.reduce_sum(scores["loss"][:, :-1] * counted),
-                tf.reduce_sum(tf.cast(scores["correct"][:, :-1], tf.float32) * counted))
+        return (tf.reduce_sum(scores["loss"] * counted),
+                tf.reduce_sum(tf.cast(scores["correct"], tf.float32) * counted))
 
     def _distributed_sums(self, tokens, weights):
         nll, correct = self.strategy.run(self._sums, args=(tokens, weights))
