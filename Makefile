@@ -2,6 +2,8 @@
 # make test: install with the test tools if needed, then ruff and the tests; make test-slow: the slow tests.
 PYTHON ?= python3
 VENV ?= .venv
+# PyTorch for the tests' transformers client; the CPU build is enough (README.md, "Tests").
+TORCH ?= torch
 
 .PHONY: demo test test-slow
 
@@ -22,5 +24,6 @@ $(VENV)/.installed: setup.py
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
+	$(VENV)/bin/python -m pip install --quiet $(TORCH)
 	$(VENV)/bin/python -m pip install --quiet -e ".[test]"
 	touch $@

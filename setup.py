@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["gpt2_tf", "gpt2_tf.*"]),
-    py_modules=["download_model", "encode", "train", "sample", "train_bpe", "lens"],
+    py_modules=["download_model", "encode", "train", "sample", "train_bpe", "lens", "score", "convert"],
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3",
@@ -19,10 +19,13 @@ setup(
         "urllib3>=2",  # the downloader reads partial bodies with read1()
     ],
     extras_require={
-        # tiktoken and tokenizers are test oracles only
-        "test": ["pytest", "hypothesis", "ruff", "tiktoken", "tokenizers", "matplotlib"],
+        # tiktoken and tokenizers are test oracles; transformers (on torch), keras-hub and safetensors are
+        # the clients that prove convert.py's formats (docs/convert.md)
+        "test": ["pytest", "hypothesis", "ruff", "tiktoken", "tokenizers", "matplotlib",
+                 "torch", "transformers", "keras-hub", "safetensors"],
         "fast": ["tiktoken"],  # encode.py about 6x faster, same tokens (docs/encode.md)
         "lens": ["matplotlib"],  # lens.py --png only
+        "keras_hub": ["keras-hub"],  # convert.py --to keras_hub, and reading KerasHub presets
     },
     entry_points={
         "console_scripts": [
@@ -32,6 +35,8 @@ setup(
             "gpt2-sample=sample:main",
             "gpt2-train-bpe=train_bpe:main",
             "gpt2-lens=lens:main",
+            "gpt2-score=score:main",
+            "gpt2-convert=convert:main",
         ],
     },
 )

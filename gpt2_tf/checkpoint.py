@@ -9,8 +9,10 @@ trainer, and this package all use this format, so each can read the others' file
 import os
 import tempfile
 
+import numpy as np
 import tensorflow as tf
 
+from gpt2_tf.bundle import latest_prefix, read_state_file
 from gpt2_tf.files import atomic_write
 from gpt2_tf.hparams import load_hparams
 from gpt2_tf.model import GPT2
@@ -26,7 +28,7 @@ def latest(path):
     A prefix is accepted as is when `<prefix>.index` exists. Raises CheckpointError otherwise.
     """
     if os.path.isdir(path):
-        prefix = tf.train.latest_checkpoint(path)
+        prefix = latest_prefix(path)
         if prefix is None:
             raise CheckpointError(f"no checkpoint in {path}: it has no valid 'checkpoint' state file")
         if not os.path.exists(prefix + ".index"):
@@ -122,7 +124,7 @@ def save(model, prefix, state_file=True, max_to_keep=None):
 
 def save_tensors(tensors, prefix, state_file=True, max_to_keep=None):
     """`save` for a dict {TF1 name: array or tensor}; see `save`. TensorFlow writes the tensors one
-    after the other, from where they are: the only memory used is theirs."""
+    after the other, from where they are: the only memory used is theirs (`as_tensor`)."""
     folder = os.path.dirname(os.path.abspath(prefix))
     os.makedirs(folder, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=folder)
@@ -130,7 +132,7 @@ def save_tensors(tensors, prefix, state_file=True, max_to_keep=None):
         tmp_prefix = os.path.join(tmp, "ckpt")
         names = sorted(tensors)
         tf.raw_ops.SaveV2(prefix=tmp_prefix, tensor_names=names, shape_and_slices=[""] * len(names),
-                          tensors=[tensors[n] for n in names])
+                          tensors=[as_tensor(tensors[n]) for n in names])
         for suffix in (".data-00000-of-00001", ".index"):
             os.replace(tmp_prefix + suffix, prefix + suffix)
     finally:
@@ -146,24 +148,27 @@ def save_tensors(tensors, prefix, state_file=True, max_to_keep=None):
     return prefix
 
 
-def read_state_file(folder):
-    """The checkpoint names listed in `folder/checkpoint`, oldest first (the newest is last)."""
-    path = os.path.join(folder, "checkpoint")
-    if not os.path.exists(path):
-        return []
-    names = []
-    newest = None
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            value = value.strip().strip('"')
-            if key.strip() == "all_model_checkpoint_paths":
-                names.append(value)
-            elif key.strip() == "model_checkpoint_path":
-                newest = value
-    if newest is not None:
-        names = [n for n in names if n != newest] + [newest]
-    return names
+def save_meta_graph(prefix, hparams):
+    """Write `<prefix>.meta`, the TF1 graph of the released models' files: the model's variables and a
+    Saver for them, so that `tf.compat.v1.train.import_meta_graph` and `Saver.restore` read the
+    checkpoint in TF1 code without building the model."""
+    graph = tf.Graph()
+    with graph.as_default():
+        variables = [tf.compat.v1.get_variable(name, shape, initializer=tf.compat.v1.zeros_initializer(),
+                                               use_resource=False)
+                     for name, shape in hparams.variable_shapes().items()]
+        saver = tf.compat.v1.train.Saver(variables)
+        with atomic_write(prefix + ".meta") as f:
+            f.write(saver.export_meta_graph(clear_devices=True).SerializeToString())
+
+
+def as_tensor(value):
+    """A tensor of `value`: a NumPy array that is writable and C-contiguous (a copy-on-write memory map
+    included) is shared through DLPack instead of copied (converting copies it, and holds twice its
+    size while it does); anything else is converted."""
+    if isinstance(value, np.ndarray) and value.flags.writeable and value.flags.c_contiguous and value.size:
+        return tf.experimental.dlpack.from_dlpack(value.__dlpack__())
+    return tf.convert_to_tensor(value)
 
 
 def update_state_file(folder, name, max_to_keep=None):

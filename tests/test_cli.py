@@ -14,7 +14,8 @@ import pytest
 from cli_checks import TF_LOG, assert_refused, snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ["download_model.py", "encode.py", "train_bpe.py", "train.py", "sample.py", "lens.py", "score.py"]
+SCRIPTS = ["download_model.py", "encode.py", "train_bpe.py", "train.py", "sample.py", "lens.py", "score.py",
+           "convert.py"]
 
 def script_env():
     """The environment of a user who did not ask for TensorFlow's logs."""

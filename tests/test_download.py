@@ -14,7 +14,7 @@ import pytest
 from cli_checks import snapshot
 
 from gpt2_tf import download
-from gpt2_tf.bundle_index import read_bundle_index
+from gpt2_tf.bundle import read_bundle_index
 from gpt2_tf.download import FILES, BadModelDir, DownloadError, download_model, verify_model_dir
 from gpt2_tf.hparams import load_hparams, model_dir
 

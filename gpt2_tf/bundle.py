@@ -1,4 +1,5 @@
-"""Read the index of a TensorFlow checkpoint (`model.ckpt.index`) without TensorFlow.
+"""Read a TensorFlow checkpoint without TensorFlow: its index, its folder's `checkpoint` state file, and
+its tensors, memory-mapped.
 
 A checkpoint is a "tensor bundle": the tensors' bytes are in `<prefix>.data-NNNNN-of-NNNNN` and the index
 `<prefix>.index` says where each tensor is. The index is a LevelDB-style sorted table:
@@ -15,12 +16,16 @@ The value of each key is a serialized `BundleEntryProto` (dtype = 1, shape = 2, 
 offset = 4, size = 5, crc32c = 6); the empty key holds the `BundleHeaderProto` and is skipped.
 """
 
+import os
 import struct
+
+import numpy as np
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48
 
 DT_FLOAT = 1  # TensorFlow's DataType number of float32
+DATA_SUFFIX = ".data-00000-of-00001"
 
 
 def _varint(data, pos):
@@ -146,4 +151,56 @@ def read_bundle_index(path):
                 tensors[key.decode("utf-8")] = (dtype, shape, offset_in_data, size_in_data)
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: corrupt checkpoint index ({e})") from None
+    return tensors
+
+
+def read_state_file(folder):
+    """The checkpoint names listed in `folder/checkpoint`, oldest first (the newest is last)."""
+    path = os.path.join(folder, "checkpoint")
+    if not os.path.exists(path):
+        return []
+    names = []
+    newest = None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            value = value.strip().strip('"')
+            if key.strip() == "all_model_checkpoint_paths":
+                names.append(value)
+            elif key.strip() == "model_checkpoint_path":
+                newest = value
+    if newest is not None:
+        names = [n for n in names if n != newest] + [newest]
+    return names
+
+
+def latest_prefix(path):
+    """The newest checkpoint prefix in a folder (the last one its `checkpoint` state file names), or
+    `path` itself when `<path>.index` exists; None when there is neither."""
+    if os.path.isdir(path):
+        names = read_state_file(path)
+        return os.path.join(path, names[-1]) if names else None
+    return path if os.path.exists(path + ".index") else None
+
+
+def read_bundle(prefix, names):
+    """Tensors `names` of a single-shard checkpoint, as float32 arrays memory-mapped from its data file:
+    {name: array}. Nothing is read until an array is used, so a checkpoint of any size opens at once;
+    other tensors in it (an optimizer's, a step counter) are left alone. The mapping is copy-on-write:
+    writing into an array changes memory, never the file. Raises ValueError for a name that is missing,
+    not float32, or outside the data file."""
+    entries = read_bundle_index(prefix + ".index")
+    data_path = prefix + DATA_SUFFIX
+    size = os.path.getsize(data_path)
+    data = np.memmap(data_path, dtype=np.uint8, mode="c") if size else np.zeros(0, np.uint8)
+    tensors = {}
+    for name in names:
+        if name not in entries:
+            raise ValueError(f"checkpoint {prefix} has no tensor {name}")
+        dtype, shape, offset, nbytes = entries[name]
+        if dtype != DT_FLOAT:
+            raise ValueError(f"checkpoint {prefix}: tensor {name} has TensorFlow dtype {dtype}, not float32")
+        if nbytes != 4 * int(np.prod(shape)) or offset + nbytes > size:
+            raise ValueError(f"{data_path}: tensor {name} does not fit the file (truncated?)")
+        tensors[name] = data[offset:offset + nbytes].view(np.float32).reshape(shape)
     return tensors
