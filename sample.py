@@ -4,6 +4,8 @@
     python sample.py --top_p 0.9
     python sample.py --prompt "In a shocking finding," --length 100 --top_k 40
     python sample.py --interactive --run_name run1
+    python sample.py --prompts prompts.txt --batch_size 8 --output_format jsonl --output samples.jsonl
+    python sample.py --prompt "Once upon a time" --length 3000 --sliding_window
 """
 
 import os
@@ -37,6 +39,17 @@ def make_parser():
                    help="nucleus: keep the most likely tokens up to this probability; 0 or 1: all")
     p.add_argument("--prompt", default=None, help="text to continue")
     p.add_argument("--prompt_file", default=None, help="file whose text (UTF-8) to continue")
+    p.add_argument("--prompts", default=None, metavar="FILE",
+                   help="many prompts: one per line, or JSON Lines ({\"prompt\": ...}) in a .jsonl file; "
+                        "generated --batch_size rows at a time, in the file's order")
+    p.add_argument("--output_format", choices=["text", "jsonl"], default="text",
+                   help="text: the original's banners; jsonl: one {\"prompt\", \"sample\", \"text\"} "
+                        "object per sample")
+    p.add_argument("--sliding_window", action="store_true",
+                   help="let --length pass n_ctx: the context slides, keeping its last n_ctx - "
+                        "--window_shift tokens")
+    p.add_argument("--window_shift", type=integer(1), default=None,
+                   help="tokens the window moves by (default: n_ctx // 2)")
     p.add_argument("--interactive", action="store_true", help="ask for prompts in a loop")
     p.add_argument("--include_prompt", action="store_true", help="print the prompt before each sample")
     p.add_argument("--stop", action="append", metavar="TEXT", help="end a sample at this text (repeatable)")
@@ -53,14 +66,19 @@ def make_parser():
 
 def check_args(args):
     """Check the flags and files before any work (TensorFlow is not imported yet); raises UsageError."""
-    if args.nsamples == 0 and (args.prompt or args.prompt_file or args.interactive):
+    if args.nsamples == 0 and (args.prompt or args.prompt_file or args.prompts or args.interactive):
         raise UsageError("--nsamples 0 (for ever) is for unconditional samples only")
-    if args.prompt is not None and args.prompt_file is not None:
-        raise UsageError("give --prompt or --prompt_file, not both")
-    if args.prompt_file is not None and not os.path.isfile(args.prompt_file):
-        raise UsageError(f"--prompt_file {args.prompt_file}: no such file")
+    given = [flag for flag in ("prompt", "prompt_file", "prompts", "interactive") if getattr(args, flag)]
+    if len(given) > 1:
+        raise UsageError(f"give one of --prompt, --prompt_file, --prompts and --interactive, not "
+                         f"--{given[0]} and --{given[1]}")
+    for flag in ("prompt_file", "prompts"):
+        if getattr(args, flag) is not None and not os.path.isfile(getattr(args, flag)):
+            raise UsageError(f"--{flag} {getattr(args, flag)}: no such file")
+    if args.window_shift is not None and not args.sliding_window:
+        raise UsageError("--window_shift needs --sliding_window")
     if args.output is not None:
-        check_output_file(args.output, "--output", [args.prompt_file] if args.prompt_file else [])
+        check_output_file(args.output, "--output", [f for f in (args.prompt_file, args.prompts) if f])
     check_model_flags(args)
 
 

@@ -17,66 +17,20 @@ way a Hugging Face user re-saves a model.
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import measure, write_random_model  # noqa: E402  (bench/common.py)
 
 from gpt2_tf.cli import Parser  # noqa: E402
 from gpt2_tf.hparams import RELEASED, released  # noqa: E402
 
 RESAVE = ("import sys, transformers; "
           "transformers.GPT2LMHeadModel.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2])")
-WRITE_RANDOM = """
-import sys
-import numpy as np
-from gpt2_tf.checkpoint import save_meta_graph, save_tensors
-from gpt2_tf.convert import write_vocabulary, ModelData
-from gpt2_tf.encoder import load_encoder_files
-from gpt2_tf.hparams import released, save_hparams
-folder, size, vocab = sys.argv[1:]
-hp = released(size)
-rng = np.random.default_rng(0)
-weights = {n: (0.02 * rng.standard_normal(s, np.float32)) for n, s in hp.variable_shapes().items()}
-save_hparams(hp, folder + "/hparams.json")
-data = ModelData(hp, weights, *load_encoder_files(vocab))
-write_vocabulary(data, folder + "/encoder.json", folder + "/vocab.bpe")
-save_tensors(weights, folder + "/model.ckpt")
-save_meta_graph(folder + "/model.ckpt", hp)
-"""
-
-
-def measure(command):
-    """Run `command`; (seconds, peak RssAnon MiB, peak RSS MiB), or raises on failure."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    peaks = {"RssAnon": 0, "VmRSS": 0}
-
-    def poll():
-        while process.poll() is None:
-            try:
-                with open(f"/proc/{process.pid}/status") as f:
-                    for line in f:
-                        key, _, value = line.partition(":")
-                        if key in peaks:
-                            peaks[key] = max(peaks[key], int(value.split()[0]))
-            except OSError:
-                pass
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=poll)
-    thread.start()
-    _, err = process.communicate()
-    thread.join()
-    seconds = time.perf_counter() - start
-    if process.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed: {err.strip().splitlines()[-1:]}")
-    return seconds, peaks["RssAnon"] / 1024, peaks["VmRSS"] / 1024
 
 
 def main():
@@ -103,9 +57,7 @@ def main():
                                     for kind in ("tf1", "hf", "preset", "out"))
             for folder in (tf1, hf, preset, out):
                 shutil.rmtree(folder, ignore_errors=True)
-            os.makedirs(tf1)
-            subprocess.run([sys.executable, "-c", WRITE_RANDOM, tf1, size, args.vocab], check=True, cwd=ROOT,
-                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+            write_random_model(tf1, size, args.vocab)
             steps = [("ours: tf1 -> hf", convert + [tf1, hf, "--to", "hf", "--quiet"]),
                      ("ours: hf -> tf1", convert + [hf, out, "--quiet"])]
             if not args.no_peer:

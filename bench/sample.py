@@ -2,7 +2,8 @@
 """Sampling speed: gpt2-tf against Hugging Face transformers (PyTorch) and KerasHub, in the same run.
 
 A model with the 124M shape and random weights, a 16-token prompt, 256 new tokens, top_k 40, at batch
-1 and batch 8. Reported: new tokens per second (the median of 3 calls after a warm-up call) and time
+1 and batch 8 (`-ragged`: at batch 8, prompts of 9 to 23 tokens, 16 on average). Reported: new
+tokens per second (the median of 3 calls after a warm-up call) and time
 to first token, cold (first call in a fresh process, compilation included) and warm. Every
 configuration runs in its own process; with --repeats N each is run N times and the median is shown.
 
@@ -26,16 +27,24 @@ CONFIGS = {
     "ours-graph-float32": sys.executable,
     "ours-xla-bfloat16": sys.executable,
     "ours-graph-bfloat16": sys.executable,
+    "ours-xla-float32-ragged": sys.executable,
     "hf-transformers": os.path.join(ENVS, "torch", "bin", "python"),
     "kerashub": os.path.join(ENVS, "kerashub", "bin", "python"),
 }
 BANDWIDTH_LIMIT_NOTE = "batch-1 fp32 bound: ~495 MB of weights read per token"
 
 
-def prompt(batch):
+def prompt(batch, ragged=False):
+    """[batch, PROMPT] token ids; `ragged`: a list of prompts of PROMPT - 7 .. PROMPT + 7 tokens (as
+    many tokens in all at batch 8), for the cost of a batch of prompts of different lengths."""
     import numpy as np
 
-    return np.random.default_rng(0).integers(0, 50257, size=(batch, PROMPT))
+    tokens = np.random.default_rng(0).integers(0, 50257, size=(batch, PROMPT + 8))
+    if not ragged:
+        return tokens[:, :PROMPT]
+    if batch == 1:
+        return [tokens[0, :PROMPT]]
+    return [row[:PROMPT - 8 + (2 * i + 1) % 16] for i, row in enumerate(tokens)]
 
 
 def measure(first_token, generate, calls=3):
@@ -62,7 +71,7 @@ def measure(first_token, generate, calls=3):
     return results
 
 
-def run_ours(compile_mode, dtype):
+def run_ours(compile_mode, dtype, ragged=False):
     import tensorflow as tf
 
     from gpt2_tf.hparams import released
@@ -73,13 +82,13 @@ def run_ours(compile_mode, dtype):
     generator = Generator(model, jit_compile=compile_mode == "xla")
 
     def first_token(batch):
-        state = generator.start(prompt(batch), PROMPT + NEW, top_k=TOP_K, seed=1)
+        state = generator.start(prompt(batch, ragged), NEW, top_k=TOP_K, seed=1)
         state.tokens.numpy()
 
     def generate(batch):
-        state = generator.start(prompt(batch), PROMPT + NEW, top_k=TOP_K, seed=1)
+        state = generator.start(prompt(batch, ragged), NEW, top_k=TOP_K, seed=1)
         generator.extend(state, NEW - 1)
-        state.numpy()
+        state.new_tokens()
 
     tf.random.set_seed(0)
     return measure(first_token, generate)
@@ -122,8 +131,8 @@ def run_kerashub():
 
 def worker(name):
     if name.startswith("ours-"):
-        _, mode, dtype = name.split("-")
-        return run_ours(mode, dtype)
+        _, mode, dtype, *ragged = name.split("-")
+        return run_ours(mode, dtype, bool(ragged))
     return {"hf-transformers": run_hf, "kerashub": run_kerashub}[name]()
 
 

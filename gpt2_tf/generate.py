@@ -1,5 +1,7 @@
 """Text generation for sample.py: prompts, stop strings, streaming, and the original's output blocks."""
 
+import itertools
+import json
 import os
 import sys
 
@@ -68,29 +70,28 @@ class Stops:
         return max((len(s) - 1 for s in self.stops), default=0)
 
 
-def generate_texts(generator, enc, context, length, temperature=1.0, top_k=0, top_p=1.0, seed=None,
-                   stops=(), stream=None):
-    """Draw `length` tokens after each row of context [B, T]; returns the new text of each row.
+def generate_texts(generator, enc, contexts, length, temperature=1.0, top_k=0, top_p=1.0, seed=None,
+                   stops=(), stream=None, rows=None, window_shift=None):
+    """Draw `length` tokens after each context (token lists, of any lengths); returns the new text of
+    each row.
 
     A row whose text contains one of `stops` ends there (the stop string and what follows are cut),
-    and drawing ends once every row has ended. `stream(piece)` receives row 0's text as it is made.
+    and drawing ends once every row has ended; until then an ended row is drawn with the others.
+    `stream(piece)` receives row 0's text as it is made. `rows` and `window_shift`: see
+    `Generator.draws`.
     """
     stops = Stops(stops)
-    context = np.asarray(context, np.int32)
-    prompt_length = context.shape[1]
     chunked = bool(stops.stops) or stream is not None
-    first = min(CHUNK, length) if chunked else length
-    state = generator.start(context, prompt_length + length, temperature, top_k, top_p, seed)
-    generator.extend(state, first - 1)
     shown = 0
-    while True:
-        tokens = state.numpy()[:, prompt_length:]
+    for state in generator.draws(contexts, length, temperature, top_k, top_p, seed, rows, window_shift,
+                                 chunk=CHUNK if chunked else None):
+        tokens = state.new_tokens()
         outside = tokens[(tokens < 0) | (tokens >= len(enc.decoder))]
         if outside.size:
             raise GenerationError(f"the model drew token id {outside[0]}, outside its vocabulary of "
                                   f"{len(enc.decoder)} tokens: its weights are damaged")
         texts, ended = zip(*(stops.cut(enc.decode(row)) for row in tokens))
-        done = state.length - prompt_length >= length or all(ended)
+        done = tokens.shape[1] >= length or all(ended)
         if stream is not None:
             text = texts[0]
             if not (done or ended[0]):
@@ -102,12 +103,34 @@ def generate_texts(generator, enc, context, length, temperature=1.0, top_k=0, to
                 shown = len(text)
         if done:
             return list(texts)
-        generator.extend(state, min(CHUNK, prompt_length + length - state.length))
 
 
-def banner(n):
-    """The original's separator before sample n."""
-    return "=" * 40 + " SAMPLE " + str(n) + " " + "=" * 40
+def banner(n, prompt=None):
+    """The original's separator before sample n (of prompt number `prompt`, counted from 1, when
+    there are several)."""
+    name = f"PROMPT {prompt}, SAMPLE {n}" if prompt is not None else f"SAMPLE {n}"
+    return "=" * 40 + " " + name + " " + "=" * 40
+
+
+def read_prompts(path):
+    """The prompts of a --prompts file: one per line (blank lines skipped), or in a .jsonl file one JSON
+    object {"prompt": text} per line, for prompts that hold newlines."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if not path.endswith(".jsonl"):
+        return [line for line in lines if line.strip()]
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} line {number} is not JSON ({e.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise ValueError(f'{path} line {number}: expected an object with a "prompt" string')
+        prompts.append(record["prompt"])
+    return prompts
 
 
 def run(args, out=None):
@@ -117,62 +140,83 @@ def run(args, out=None):
                                dtype=args.dtype)
     generator = Generator(model, jit_compile=args.compile)
     eot = enc.encoder["<|endoftext|>"]
-    prompt_text = args.prompt
-    if args.prompt_file:
-        with open(args.prompt_file, encoding="utf-8") as f:
-            prompt_text = f.read()
-    if args.nsamples and args.batch_size > args.nsamples:
-        args.batch_size = args.nsamples
-    streaming = args.batch_size == 1 and out.isatty() and not args.output
+    seed = np.random.randint(2**31) if args.seed is None else args.seed
     stops = args.stop or ()
+    shift = (args.window_shift or hparams.n_ctx // 2) if args.sliding_window else None
 
-    def sample(prompt_tokens, length):
-        """Print nsamples samples (for ever if nsamples is 0) continuing prompt_tokens."""
-        context = [prompt_tokens or [eot]] * args.batch_size
-        prefix = enc.decode(prompt_tokens) if args.include_prompt and prompt_tokens else ""
-        generated = 0
-        while not args.nsamples or generated < args.nsamples:
-            seed = None if args.seed is None else args.seed + generated
-            if streaming:
-                print(banner(generated + 1), file=out)
-                out.write(prefix)
-                texts = generate_texts(generator, enc, context, length, args.temperature, args.top_k,
-                                       args.top_p, seed, stops, stream=lambda s: (out.write(s), out.flush()))
-                out.write("\n")
-                generated += 1
-                continue
-            texts = generate_texts(generator, enc, context, length, args.temperature, args.top_k,
-                                   args.top_p, seed, stops)
-            for text in texts[:args.nsamples - generated if args.nsamples else None]:
-                generated += 1
-                print(banner(generated), file=out)
-                print(prefix + text, file=out)
-            out.flush()
-
-    def prepare(text):
-        """(prompt tokens, number of tokens to draw), within the model's n_ctx positions."""
+    def prepare(text, length):
+        """The prompt's tokens, within the model's n_ctx positions."""
         tokens = enc.encode(text)
-        length = args.length or (hparams.n_ctx // 2 if tokens else hparams.n_ctx)
-        if length > hparams.n_ctx or (tokens and length >= hparams.n_ctx):
-            raise ValueError(f"Can't get samples longer than window size: {hparams.n_ctx}")
-        if len(tokens) + length > hparams.n_ctx:
+        limit = hparams.n_ctx if shift else hparams.n_ctx - length
+        if shift is None and (length > hparams.n_ctx or (tokens and length >= hparams.n_ctx)):
+            raise ValueError(f"Can't get samples longer than window size: {hparams.n_ctx} (--sliding_window "
+                             f"goes on past it)")
+        if len(tokens) > limit:
             if not args.truncate_prompt:
                 raise ValueError(f"the prompt has {len(tokens)} tokens and {length} are to be generated: "
                                  f"together at most n_ctx = {hparams.n_ctx}; shorten the prompt, lower "
-                                 "--length, or pass --truncate_prompt")
-            keep = hparams.n_ctx - length
-            print(f"warning: prompt cut from {len(tokens)} to its last {keep} tokens", file=sys.stderr)
-            tokens = tokens[-keep:]
-        return tokens, length
+                                 "--length, or pass --truncate_prompt or --sliding_window"
+                                 if shift is None else
+                                 f"the prompt has {len(tokens)} tokens, more than n_ctx = {hparams.n_ctx}; "
+                                 f"shorten it or pass --truncate_prompt")
+            print(f"warning: prompt cut from {len(tokens)} to its last {limit} tokens", file=sys.stderr)
+            tokens = tokens[-limit:]
+        return tokens
 
+    def sample(texts, first_prompt=0, numbered=False):
+        """Write nsamples samples of each text (for ever if nsamples is 0), batch_size rows at a time
+        whatever the prompts' lengths, in the order of the texts."""
+        def write_banner(job):
+            print(banner(job[1] + 1, job[0] + 1 if numbered else None), file=out)
+
+        length = args.length or (hparams.n_ctx if not any(texts) else hparams.n_ctx // 2)
+        prompts = [prepare(text, length) for text in texts]
+        counts = itertools.count() if not args.nsamples else range(args.nsamples)
+        jobs = ((i, n) for i in range(len(texts)) for n in counts) if args.nsamples else \
+            ((0, n) for n in counts)
+        streaming = args.batch_size == 1 and out.isatty() and not args.output and args.output_format == "text"
+        while batch := list(itertools.islice(jobs, args.batch_size)):
+            contexts = [prompts[i] or [eot] for i, _ in batch]
+            rows = [(first_prompt + i, n) for i, n in batch]
+            stream = None
+            if streaming:
+                write_banner(batch[0])
+                out.write(prefix(texts[batch[0][0]]))
+                stream = lambda piece: (out.write(piece), out.flush())  # noqa: E731
+            results = generate_texts(generator, enc, contexts, length, args.temperature, args.top_k,
+                                     args.top_p, seed, stops, stream, rows, shift)
+            for (i, n), text in zip(batch, results):
+                if streaming:
+                    out.write("\n")
+                elif args.output_format == "jsonl":
+                    out.write(json.dumps({"prompt": texts[i], "sample": n + 1, "text": text},
+                                         ensure_ascii=False) + "\n")
+                else:
+                    write_banner((i, n))
+                    print(prefix(texts[i]) + text, file=out)
+            out.flush()
+
+    def prefix(text):
+        return text if args.include_prompt else ""
+
+    if args.prompts:
+        texts = read_prompts(args.prompts)
+        if not texts:
+            raise ValueError(f"{args.prompts} holds no prompts")
+        sample(texts, numbered=len(texts) > 1)
+        return
     if not args.interactive:
-        sample(*prepare(prompt_text or ""))
+        text = args.prompt or ""
+        if args.prompt_file:
+            with open(args.prompt_file, encoding="utf-8") as f:
+                text = f.read()
+        sample([text])
         return
     try:
         import readline  # noqa: F401  (input() then edits the line, and writes its prompt to stdout)
     except ImportError:  # not on every platform
         pass
-    while True:
+    for number in itertools.count():
         try:
             text = input("Model prompt >>> ")
         except EOFError:
@@ -182,7 +226,7 @@ def run(args, out=None):
             print("Prompt should not be empty!")
             continue
         try:
-            sample(*prepare(text))
+            sample([text], first_prompt=number)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             continue

@@ -131,13 +131,27 @@ def attention_mask(nd, ns, dtype, past_length=None):
 
     By default past_length = ns - nd (the new queries are the last nd of the ns keys): the lower
     triangle anchored at the bottom-right corner, as in the original. A preallocated cache passes the
-    number of positions already filled, and the keys past the queries stay masked.
+    number of positions already filled, and the keys past the queries stay masked. A past_length of
+    shape [N] (each row of a ragged batch at its own position) gives one matrix per row, [N, nd, ns].
     """
     if past_length is None:
         past_length = ns - nd
     i = tf.range(nd)[:, None]
     j = tf.range(ns)
+    if per_row(past_length):
+        past_length = past_length[:, None, None]
     return tf.cast(j <= past_length + i, dtype)
+
+
+def per_row(past_length):
+    """Whether past_length holds one position per row ([B]) rather than one for all (a scalar)."""
+    return getattr(past_length, "shape", None) is not None and past_length.shape.rank == 1
+
+
+def positions_for(tokens, past_length):
+    """The positions of tokens [B, T]: past_length + 0 .. T-1, as [1, T] (a scalar past_length) or
+    [B, T] (one per row)."""
+    return tf.reshape(past_length, [-1, 1]) + tf.range(shape_list(tokens)[1])[None]
 
 
 def mask_attn_weights(w, past_length=None):
@@ -170,7 +184,8 @@ class Attention(keras.layers.Layer):
     call(x [B, T, C], past [B, 2, H, P, D] or None) -> (a [B, T, C], present [B, 2, H, T, D]).
     `present` holds the keys and values of the T new positions only.
 
-    With `past_length` (a scalar), `past` is instead a preallocated cache (see `cached_attn`).
+    With `past_length` (a scalar, or [B]: one per row), `past` is instead a preallocated cache (see
+    `cached_attn`).
     """
 
     def __init__(self, n_state, n_head, proj_init_stdev=0.02, **kwargs):
@@ -212,9 +227,12 @@ class Attention(keras.layers.Layer):
         positions are filled. Returns (a [B, H, T, D], the cache with k and v written at past_length).
         Batch and heads share one axis so that the products read the cache where it is: with two axes,
         XLA on a CPU copied the cache at every step (a quarter of a batch-8 step of the 124M model).
+        A past_length of shape [B] puts each row at its own position (one new token, T = 1).
         """
         batch, heads, length, depth = shape_list(q)
         q, k, v = (tf.reshape(x, [batch * heads, length, depth]) for x in (q, k, v))
+        if per_row(past_length):
+            past_length = tf.repeat(past_length, heads)  # [B * H], the rows of the merged axis
         keys, values = ops.write_cache(cache[0], k, past_length), ops.write_cache(cache[1], v, past_length)
         a = multihead_attn(q, keys, values, past_length)
         return tf.reshape(a, [batch, heads, length, depth]), (keys, values)
@@ -283,8 +301,9 @@ class GPT2(keras.Model):
     With `past`, the new tokens take positions P .. P+T-1. P + T may not exceed n_ctx.
 
     For fast decoding, `past` may instead be a list of L preallocated caches, each a pair (keys,
-    values) of [B * H, S, D], with `past_length` (a scalar) positions filled; "present" is then the
-    list of updated caches (see `Attention.cached_attn`).
+    values) of [B * H, S, D], with `past_length` positions filled; "present" is then the list of
+    updated caches (see `Attention.cached_attn`). past_length is a scalar, or [B] for a ragged batch:
+    row b's token is at position past_length[b] (one new token per row).
 
     Weights are created with the model, initialised as GPT-2 was (wte N(0, 0.02), wpe
     N(0, 0.01), every w N(0, 0.02), biases 0, gains 1); `residual_scaling=True` also scales the
@@ -321,9 +340,9 @@ class GPT2(keras.Model):
             pasts = [None] * hp.n_layer if past is None else tf.unstack(past, axis=1)
             start = 0 if past is None else shape_list(past)[-2]
         check_positions(start, shape_list(tokens)[1], hp.n_ctx)
-        positions = start + tf.range(shape_list(tokens)[1])
         wte = tf.cast(self.wte, self.compute_dtype)
-        h = tf.gather(wte, tokens) + tf.cast(tf.gather(self.wpe, positions)[None], self.compute_dtype)
+        wpe = tf.gather(self.wpe, positions_for(tokens, start))
+        h = tf.gather(wte, tokens) + tf.cast(wpe, self.compute_dtype)
         hidden, presents = [h], []
         for block, layer_past in zip(self.blocks, pasts):
             h, present = block(h, past=layer_past, past_length=past_length)

@@ -89,8 +89,8 @@ def conv1d(x, w, b):
 def attention(q, k, v, b):
     """softmax(mask(q k^T / sqrt(D))) v with the keys that b hides masked out.
 
-    q [..., T, D], k and v [..., S, D], b [T, S] bool (True: visible) -> [..., T, D]. The scale is
-    applied to q, which is cheaper than to the [T, S] scores and, for D = 64, exact.
+    q [..., T, D], k and v [..., S, D], b [T, S] or [N, T, S] bool (True: visible) -> [..., T, D]. The
+    scale is applied to q, which is cheaper than to the [T, S] scores and, for D = 64, exact.
     """
     return attend(scaled(q), k, v, b)
 
@@ -193,9 +193,13 @@ def exact_bfloat16_softmax():
 def write_cache(cache, new, position):
     """`cache` [N, S, D] with `new` [N, T, D] written at positions position .. position + T - 1.
 
-    In place under XLA (dynamic_update_slice), where a concatenation or a scatter would copy the
-    whole cache at every decoding step.
+    In place under XLA (dynamic_update_slice), where a concatenation would copy the whole cache at
+    every decoding step. A position of shape [N] writes each row's one new entry (T = 1) at its own
+    position, with a scatter.
     """
+    if getattr(position, "shape", tf.TensorShape([])).rank == 1:
+        rows = tf.stack([tf.range(tf.shape(cache)[0]), position], axis=1)
+        return tf.tensor_scatter_nd_update(cache, rows, new[:, 0])
     return xla.dynamic_update_slice(cache, new, tf.stack([0, tf.cast(position, tf.int32), 0]))
 
 

@@ -2,6 +2,7 @@
 forward pass, and sample.py prints what the original printed."""
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,15 @@ import sample as sample_script
 from gpt2_tf import get_encoder
 from gpt2_tf.checkpoint import load_model
 from gpt2_tf.generate import generate_texts, run
-from gpt2_tf.sample import Generator, argmax, choose, sample_sequence, top_k_logits, top_p_logits
+from gpt2_tf.sample import (
+    Generator,
+    argmax,
+    choose,
+    sample_sequence,
+    top_k_logits,
+    top_p_logits,
+    uniform_noise,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,15 +90,31 @@ def test_sampling_frequencies_match_the_distribution(xla):
     n = 40_000
     logits = tf.constant(np.tile(np.log(probs), (n, 1)), tf.float32)
     draw = tf.function(lambda *args: choose(*args, xla=xla), jit_compile=xla)
-    counts = np.bincount(draw(logits, 1.0, 0, 1.0, tf.constant([1, 2])).numpy(), minlength=5)
+    keys = tf.range(n)  # every row its own stream
+    counts = np.bincount(draw(logits, 1.0, 0, 1.0, keys, 1).numpy(), minlength=5)
     chi2 = (((counts - n * probs) ** 2) / (n * probs)).sum()
     assert chi2 < 18.5  # the 0.999 quantile of chi-square with 4 degrees of freedom
-    counts = np.bincount(draw(logits, 1.0, 2, 1.0, tf.constant([3, 4])).numpy(), minlength=5)
+    counts = np.bincount(draw(logits, 1.0, 2, 1.0, keys, 2).numpy(), minlength=5)
     assert counts[2:].sum() == 0 and abs(counts[0] / n - 2 / 3) < 0.015
     # Temperature 2 flattens: the frequencies follow probs ** (1/2), renormalised.
     flat = np.sqrt(probs) / np.sqrt(probs).sum()
-    counts = np.bincount(draw(logits, 2.0, 0, 1.0, tf.constant([5, 6])).numpy(), minlength=5)
+    counts = np.bincount(draw(logits, 2.0, 0, 1.0, keys, 3).numpy(), minlength=5)
     assert (((counts - n * flat) ** 2) / (n * flat)).sum() < 18.5
+
+
+def test_noise_is_uniform_per_row_and_the_same_under_xla():
+    keys = tf.constant(np.arange(-3, 5, dtype=np.int32) * 7919)
+    graph = uniform_noise(keys, 11, 50257).numpy()
+    xla = tf.function(uniform_noise, jit_compile=True)
+    np.testing.assert_array_equal(xla(keys, 11, 50257).numpy(), graph)
+    np.testing.assert_array_equal(uniform_noise(keys[2:3], 11, 50257).numpy()[0], graph[2])  # no batch effect
+    assert 0 < graph.min() and graph.max() < 1
+    counts = np.histogram(graph, bins=64, range=(0, 1))[0]
+    expected = graph.size / 64
+    assert (((counts - expected) ** 2) / expected).sum() < 110  # chi-square, 63 degrees of freedom
+    other_step = uniform_noise(keys, 12, 50257).numpy()
+    for a, b in [(graph[0], graph[1]), (graph[0], other_step[0]), (graph[0, :-1], graph[0, 1:])]:
+        assert abs(np.corrcoef(a, b)[0, 1]) < 0.02
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +164,7 @@ def test_chunked_drawing_gives_the_same_tokens(tiny):
     model, _, _ = tiny
     generator = Generator(model)
     whole = sample_sequence(model, 20, context=[[5, 6, 7]], seed=3, generator=generator)
-    state = generator.start(np.array([[5, 6, 7]]), 23, seed=3)
+    state = generator.start(np.array([[5, 6, 7]]), 20, seed=3)
     for n in (4, 1, 7, 7):
         generator.extend(state, n)
     np.testing.assert_array_equal(state.numpy(), whole)
@@ -234,3 +259,96 @@ def test_tokens_outside_the_vocabulary_are_an_error(tiny_model):
     enc = get_encoder(name, models_dir)
     with pytest.raises(GenerationError, match="outside its vocabulary"):
         generate_texts(Generator(model), enc, [[50256]], 4, seed=1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prompts of different lengths in one batch, and text longer than the context.
+
+RAGGED = [[464, 2068, 7586, 21831, 18045, 625, 262], [40], [50256, 1212, 318, 257], [15496, 995, 11, 314, 716,
+          257, 3303, 2746, 13, 632, 318, 257, 922, 1110, 13, 198, 198, 464]]
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_ragged_batch_greedy_equals_each_prompt_alone_and_numpy(tiny, jit_compile):
+    model, hparams, weights = tiny
+    generator = Generator(model, jit_compile=jit_compile)
+    together = sample_sequence(model, 15, context=RAGGED, temperature=0, generator=generator)
+    for prompt, row in zip(RAGGED, together):
+        alone = sample_sequence(model, 15, context=[prompt], temperature=0, generator=generator)[0]
+        np.testing.assert_array_equal(row, alone)
+        np.testing.assert_array_equal(row, numpy_greedy(weights, hparams, np.array([prompt]), 15)[0])
+
+
+def test_a_rows_samples_do_not_depend_on_its_batch(tiny, tiny_model):
+    """Row keys come from the seed, the prompt's number and the sample's number: any batch size and
+    any neighbours give each sample the same tokens."""
+    model, _, _ = tiny
+    enc = get_encoder(tiny_model[1], tiny_model[0])
+    generator = Generator(model)
+    jobs = [(p, n) for p in range(len(RAGGED)) for n in range(2)]
+    expected = {job: generate_texts(generator, enc, [RAGGED[job[0]]], 12, top_k=40, seed=9, rows=[job])[0]
+                for job in jobs}
+    for batch_size in (3, 8):
+        for start in range(0, len(jobs), batch_size):
+            batch = jobs[start:start + batch_size]
+            contexts = [RAGGED[p] for p, _ in batch]
+            texts = generate_texts(generator, enc, contexts, 12, top_k=40, seed=9, rows=batch)
+            assert texts == [expected[job] for job in batch]
+    assert len(set(expected.values())) == len(jobs)  # and the streams differ
+
+
+def numpy_sliding_greedy(weights, hparams, prompt, length, shift):
+    """The documented semantics: when the next position would pass n_ctx, keep the last n_ctx - shift
+    tokens and run them again from position 0."""
+    n_ctx, window, out = hparams.n_ctx, list(prompt), []
+    for _ in range(length):
+        if len(window) > n_ctx:
+            window = window[-(n_ctx - shift):]
+        token = int(forward(weights, hparams.to_dict(), np.array([window]))[0][0, -1].argmax())
+        window.append(token)
+        out.append(token)
+    return out
+
+
+@pytest.mark.parametrize("shift", [1, 16, 63])
+def test_sliding_window_greedy_equals_running_the_kept_window(tiny, shift):
+    model, hparams, weights = tiny
+    prompts = [RAGGED[0], RAGGED[3]]
+    drawn = sample_sequence(model, 150, context=prompts, temperature=0, window_shift=shift)
+    for prompt, row in zip(prompts, drawn):
+        assert len(row) == len(prompt) + 150
+        assert row[len(prompt):].tolist() == numpy_sliding_greedy(weights, hparams, prompt, 150, shift)
+
+
+def test_sliding_window_refuses_a_bad_shift_and_without_it_the_context_is_the_limit(tiny):
+    model, hparams, _ = tiny
+    with pytest.raises(ValueError, match="n_ctx = 64"):
+        sample_sequence(model, 64, context=[RAGGED[0]])
+    for shift in (0, 64):
+        with pytest.raises(ValueError, match="window shift must be 1 to n_ctx - 1 = 63"):
+            sample_sequence(model, 80, context=[RAGGED[0]], window_shift=shift)
+
+
+def test_prompts_file_jsonl_output_in_input_order(tiny_model, tmp_path):
+    lines = ["Hello", "The quick brown fox jumps over", "A", "Once upon a time, in a land far away, there"]
+    plain = tmp_path / "prompts.txt"
+    plain.write_text("\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:]) + "\n", encoding="utf-8")
+    structured = tmp_path / "prompts.jsonl"
+    structured.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in lines), encoding="utf-8")
+    runs = [cli(tiny_model, "--prompts", str(path), "--nsamples", "2", "--batch_size", str(b), "--length",
+                "6", "--top_k", "40", "--seed", "3", "--output_format", "jsonl")
+            for path, b in ((plain, 1), (plain, 3), (structured, 8))]
+    assert runs[0] == runs[1] == runs[2]
+    records = [json.loads(line) for line in runs[0].splitlines()]
+    assert [(r["prompt"], r["sample"]) for r in records] == [(p, n) for p in lines for n in (1, 2)]
+    banners = [line for line in cli(tiny_model, "--prompts", str(plain), "--length", "3").splitlines()
+               if line.startswith("=")]
+    assert banners == ["=" * 40 + f" PROMPT {i}, SAMPLE 1 " + "=" * 40 for i in range(1, 5)]
+
+
+def test_sliding_window_on_the_command_line(tiny_model):
+    text = cli(tiny_model, "--prompt", "Hello", "--length", "100", "--sliding_window", "--window_shift", "8",
+               "--temperature", "0", "--output_format", "jsonl")
+    assert len(json.loads(text)["text"]) > 0
+    with pytest.raises(ValueError, match="longer than window size: 64"):
+        cli(tiny_model, "--length", "100")

@@ -1,0 +1,69 @@
+"""Helpers shared by the benchmarks that time whole processes (bench/convert.py, bench/cold_start.py):
+run a command and read its wall time and peak memory from /proc; write a model of a released size with
+random weights in the released layout.
+"""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def measure(command, env=None):
+    """Run `command`; (seconds, peak RssAnon MiB, peak RSS MiB). RssAnon is what the process allocated
+    itself; RSS adds the pages of memory-mapped files it touched. Polled every 20 ms. Raises
+    RuntimeError when the command fails."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+    peaks = {"RssAnon": 0, "VmRSS": 0}
+
+    def poll():
+        while process.poll() is None:
+            try:
+                with open(f"/proc/{process.pid}/status") as f:
+                    for line in f:
+                        key, _, value = line.partition(":")
+                        if key in peaks:
+                            peaks[key] = max(peaks[key], int(value.split()[0]))
+            except OSError:
+                pass
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    _, err = process.communicate()
+    thread.join()
+    seconds = time.perf_counter() - start
+    if process.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed: {err.strip().splitlines()[-1:]}")
+    return seconds, peaks["RssAnon"] / 1024, peaks["VmRSS"] / 1024
+
+
+WRITE_RANDOM = """
+import sys
+import numpy as np
+from gpt2_tf.checkpoint import save_meta_graph, save_tensors
+from gpt2_tf.convert import ModelData, write_vocabulary
+from gpt2_tf.encoder import load_encoder_files
+from gpt2_tf.hparams import released, save_hparams
+folder, size, vocab = sys.argv[1:]
+hp = released(size)
+rng = np.random.default_rng(0)
+weights = {n: (0.02 * rng.standard_normal(s, np.float32)) for n, s in hp.variable_shapes().items()}
+save_hparams(hp, folder + "/hparams.json")
+data = ModelData(hp, weights, *load_encoder_files(vocab))
+write_vocabulary(data, folder + "/encoder.json", folder + "/vocab.bpe")
+save_tensors(weights, folder + "/model.ckpt")
+save_meta_graph(folder + "/model.ckpt", hp)
+"""
+
+
+def write_random_model(folder, size, vocab):
+    """A complete model folder of a released size (random weights, the vocabulary from `vocab`)."""
+    os.makedirs(folder, exist_ok=True)
+    subprocess.run([sys.executable, "-c", WRITE_RANDOM, folder, size, vocab], check=True, cwd=ROOT,
+                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, stderr=subprocess.DEVNULL)
