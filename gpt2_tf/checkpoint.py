@@ -15,7 +15,7 @@ import tensorflow as tf
 from gpt2_tf.bundle import latest_prefix, read_state_file
 from gpt2_tf.files import atomic_write
 from gpt2_tf.hparams import load_hparams
-from gpt2_tf.model import GPT2
+from gpt2_tf.model import GPT2, weights_to_be_loaded
 
 
 class CheckpointError(ValueError):
@@ -195,6 +195,7 @@ def load_model(path, hparams=None, **model_kwargs):
         if not os.path.exists(os.path.join(folder, "hparams.json")):
             raise CheckpointError(f"{folder} has no hparams.json")
         hparams = load_hparams(folder)
-    model = GPT2(hparams, **model_kwargs)
+    with weights_to_be_loaded():
+        model = GPT2(hparams, **model_kwargs)
     restore(model, path)
     return model, hparams
