@@ -118,6 +118,25 @@ def test_written_model_folder_passes_the_download_checks_and_tf1_reads_it(export
     np.testing.assert_array_equal(c_attn, source[1]["model/h1/attn/c_attn/w"])
 
 
+def test_a_training_runs_newest_checkpoint_and_a_prefix_are_read(source, tmp_path):
+    """train.py's run folders: model-N checkpoints, a `checkpoint` state file, the tokenizer and
+    hparams.json copied in; optimizer tensors beside the weights are left out."""
+    from gpt2_tf import checkpoint
+
+    run = tmp_path / "run1"
+    run.mkdir()
+    for name in ("hparams.json", "encoder.json", "vocab.bpe"):
+        shutil.copyfile(os.path.join(source[0], name), run / name)
+    older = {n: np.asarray(w) + np.float32(1) for n, w in source[1].items()}
+    checkpoint.save_tensors(older, str(run / "model-5"))
+    newest = {**{n: np.asarray(w) for n, w in source[1].items()}, "model/wte/Adam": older["model/wte"]}
+    checkpoint.save_tensors(newest, str(run / "model-9"))
+    assert_same_bits(convert.read(str(run)).weights, {n: np.asarray(w) for n, w in source[1].items()})
+    assert_same_bits(convert.read(str(run / "model-5")).weights, older)
+    convert.convert(str(run), str(tmp_path / "models" / "run1"), to="tf1", progress=False)
+    assert verify_model_dir(str(tmp_path / "models" / "run1")) == HParams(**TINY_HPARAMS)
+
+
 def test_safetensors_file_is_what_the_safetensors_package_reads(exported, source):
     st = client("safetensors.numpy")
     from safetensors import safe_open
