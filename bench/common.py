@@ -1,6 +1,6 @@
-"""Helpers shared by the benchmarks that time whole processes (bench/convert.py, bench/cold_start.py):
-run a command and read its wall time and peak memory from /proc; write a model of a released size with
-random weights in the released layout.
+"""Helpers shared by the benchmarks: run a command and read its wall time and peak memory from /proc
+(bench/convert.py, bench/cold_start.py); write a model of a released size with random weights in the
+released layout; time functions side by side in one process (bench/lens.py, bench/score.py).
 """
 
 import os
@@ -67,3 +67,18 @@ def write_random_model(folder, size, vocab):
     os.makedirs(folder, exist_ok=True)
     subprocess.run([sys.executable, "-c", WRITE_RANDOM, folder, size, vocab], check=True, cwd=ROOT,
                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, stderr=subprocess.DEVNULL)
+
+
+def alternate(functions, repeats):
+    """Call each function once (tracing, compiling), then all of them in turn `repeats` times; returns
+    {function: [(seconds, what it returned), ...]}. Alternating spreads the shared machine's drift
+    over all of them alike."""
+    for f in functions:
+        f()
+    runs = {f: [] for f in functions}
+    for _ in range(repeats):
+        for f in functions:
+            start = time.perf_counter()
+            result = f()
+            runs[f].append((time.perf_counter() - start, result))
+    return runs

@@ -14,9 +14,10 @@ projection onto the vocabulary and its statistics; no drawing). Medians of --rep
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import alternate  # noqa: E402  (bench/common.py)
 
 from gpt2_tf.cli import Parser, integer, quiet_tensorflow  # noqa: E402  (before TensorFlow)
 
@@ -48,15 +49,9 @@ def main():
     def analysis():
         logit_lens(model, tokens, top_k=args.top_k, watch_ids=[tokens[0], tokens[1]])
 
-    times = {one_forward: [], analysis: []}
-    for f in times:
-        f()  # tracing
-    for _ in range(args.repeats):
-        for f, spent in times.items():
-            start = time.perf_counter()
-            f()
-            spent.append(time.perf_counter() - start)
-    forward_s, lens_s = (statistics.median(times[f]) for f in (one_forward, analysis))
+    runs = alternate([one_forward, analysis], args.repeats)
+    forward_s, lens_s = (statistics.median(seconds for seconds, _ in runs[f])
+                         for f in (one_forward, analysis))
     print(f"124M shape, {args.tokens} tokens, {hp.n_layer + 1} layers, top {args.top_k}; medians of "
           f"{args.repeats}")
     print(f"one forward pass: {1000 * forward_s:8.1f} ms")

@@ -15,9 +15,10 @@ training tokens/s. Each is warmed up, then timed alternately --repeats times; me
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import alternate  # noqa: E402  (bench/common.py)
 
 from gpt2_tf.cli import Parser, integer, quiet_tensorflow  # noqa: E402  (before TensorFlow)
 
@@ -60,15 +61,9 @@ def main():
     def score():
         return score_documents(model, document, hp.n_ctx, hp.n_ctx, batch_size=args.batch_size)[0].tokens
 
-    rates = {train: [], score: []}
-    for f in rates:
-        f()  # compilation
-    for _ in range(args.repeats):
-        for f, found in rates.items():
-            start = time.perf_counter()
-            tokens = f()
-            found.append(tokens / (time.perf_counter() - start))
-    train_rate, score_rate = (statistics.median(rates[f]) for f in (train, score))
+    runs = alternate([train, score], args.repeats)
+    train_rate, score_rate = (statistics.median(tokens / seconds for seconds, tokens in runs[f])
+                              for f in (train, score))
     print(f"124M shape, fp32, windows of 1024; medians of {args.repeats}")
     print(f"train.py update, batch {args.train_batch}:      {train_rate:8.0f} tokens/s")
     print(f"score.py, batch {args.batch_size}, stride 1024: {score_rate:8.0f} tokens/s  "

@@ -176,11 +176,19 @@ def read_state_file(folder):
 
 def latest_prefix(path):
     """The newest checkpoint prefix in a folder (the last one its `checkpoint` state file names), or
-    `path` itself when `<path>.index` exists; None when there is neither."""
+    path itself when `<path>.index` exists. Raises ValueError naming what is missing otherwise."""
     if os.path.isdir(path):
         names = read_state_file(path)
-        return os.path.join(path, names[-1]) if names else None
-    return path if os.path.exists(path + ".index") else None
+        if not names:
+            raise ValueError(f"no checkpoint in {path}: it has no valid 'checkpoint' state file")
+        prefix = os.path.join(path, names[-1])
+        if not os.path.exists(prefix + ".index"):
+            raise ValueError(f"{path}/checkpoint names {prefix}, but {prefix}.index does not exist")
+        return prefix
+    if os.path.exists(path + ".index"):
+        return path
+    raise ValueError(f"no checkpoint at {path}: expected a folder with a 'checkpoint' file or a prefix "
+                     f"with {os.path.basename(path)}.index")
 
 
 def read_bundle(prefix, names):

@@ -27,17 +27,10 @@ def latest(path):
 
     A prefix is accepted as is when `<prefix>.index` exists. Raises CheckpointError otherwise.
     """
-    if os.path.isdir(path):
-        prefix = latest_prefix(path)
-        if prefix is None:
-            raise CheckpointError(f"no checkpoint in {path}: it has no valid 'checkpoint' state file")
-        if not os.path.exists(prefix + ".index"):
-            raise CheckpointError(f"{path}/checkpoint names {prefix}, but {prefix}.index does not exist")
-        return prefix
-    if os.path.exists(path + ".index"):
-        return path
-    raise CheckpointError(f"no checkpoint at {path}: expected a folder with a 'checkpoint' file "
-                          f"or a prefix with {os.path.basename(path)}.index")
+    try:
+        return latest_prefix(path)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def read(path):

@@ -129,8 +129,6 @@ def read_tf1(path):
     folder must hold hparams.json, encoder.json and vocab.bpe. Tensors other than the model's weights
     (an optimizer's) are left out."""
     prefix = latest_prefix(path)
-    if prefix is None:
-        raise ConvertError(f"no checkpoint in {path}: it has no valid 'checkpoint' state file")
     folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
     hparams = load_hparams(folder)
     try:

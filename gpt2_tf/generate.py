@@ -171,9 +171,8 @@ def run(args, out=None):
 
         length = args.length or (hparams.n_ctx if not any(texts) else hparams.n_ctx // 2)
         prompts = [prepare(text, length) for text in texts]
-        counts = itertools.count() if not args.nsamples else range(args.nsamples)
-        jobs = ((i, n) for i in range(len(texts)) for n in counts) if args.nsamples else \
-            ((0, n) for n in counts)
+        counts = range(args.nsamples) if args.nsamples else itertools.count()  # 0: one prompt, for ever
+        jobs = ((i, n) for i in range(len(texts)) for n in counts)
         streaming = args.batch_size == 1 and out.isatty() and not args.output and args.output_format == "text"
         while batch := list(itertools.islice(jobs, args.batch_size)):
             contexts = [prompts[i] or [eot] for i, _ in batch]

@@ -156,14 +156,9 @@ def attention_mask(nd, ns, dtype, past_length=None):
         past_length = ns - nd
     i = tf.range(nd)[:, None]
     j = tf.range(ns)
-    if per_row(past_length):
+    if ops.per_row(past_length):
         past_length = past_length[:, None, None]
     return tf.cast(j <= past_length + i, dtype)
-
-
-def per_row(past_length):
-    """Whether past_length holds one position per row ([B]) rather than one for all (a scalar)."""
-    return getattr(past_length, "shape", None) is not None and past_length.shape.rank == 1
 
 
 def positions_for(tokens, past_length):
@@ -249,7 +244,7 @@ class Attention(keras.layers.Layer):
         """
         batch, heads, length, depth = shape_list(q)
         q, k, v = (tf.reshape(x, [batch * heads, length, depth]) for x in (q, k, v))
-        if per_row(past_length):
+        if ops.per_row(past_length):
             past_length = tf.repeat(past_length, heads)  # [B * H], the rows of the merged axis
         keys, values = ops.write_cache(cache[0], k, past_length), ops.write_cache(cache[1], v, past_length)
         a = multihead_attn(q, keys, values, past_length)

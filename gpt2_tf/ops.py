@@ -190,6 +190,11 @@ def exact_bfloat16_softmax():
         return bool(tf.reduce_all(tf.nn.softmax(x) == rounded))
 
 
+def per_row(position):
+    """Whether `position` holds one position per row ([N]) rather than one for all (a scalar)."""
+    return getattr(position, "shape", None) is not None and position.shape.rank == 1
+
+
 def write_cache(cache, new, position):
     """`cache` [N, S, D] with `new` [N, T, D] written at positions position .. position + T - 1.
 
@@ -197,7 +202,7 @@ def write_cache(cache, new, position):
     every decoding step. A position of shape [N] writes each row's one new entry (T = 1) at its own
     position, with a scatter.
     """
-    if getattr(position, "shape", tf.TensorShape([])).rank == 1:
+    if per_row(position):
         rows = tf.stack([tf.range(tf.shape(cache)[0]), position], axis=1)
         return tf.tensor_scatter_nd_update(cache, rows, new[:, 0])
     return xla.dynamic_update_slice(cache, new, tf.stack([0, tf.cast(position, tf.int32), 0]))
