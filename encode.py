@@ -9,6 +9,7 @@ import os
 from gpt2_tf.cli import (
     Parser,
     UsageError,
+    add_bin_dtype_flag,
     add_text_flags,
     check_encoding,
     check_output_file,
@@ -16,13 +17,9 @@ from gpt2_tf.cli import (
     integer,
     run_or_exit,
 )
-from gpt2_tf.dataset import (
-    DatasetError,
-    default_jobs,
-    encode_dataset,
-    npz_path,
-)
+from gpt2_tf.dataset import DatasetError, default_jobs, encode_dataset
 from gpt2_tf.hparams import missing_model
+from gpt2_tf.token_files import UNCOMPRESSED_FROM, output_name
 
 
 def make_parser():
@@ -44,14 +41,24 @@ def make_parser():
     parser.add_argument("--no_fast", action="store_true",
                         help="use the pure-Python reference tokenizer even if tiktoken is installed "
                              "(same tokens, slower)")
+    add_bin_dtype_flag(parser)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--compress", dest="compress", action="store_const", const=True, default=None,
+                      help="deflate the .npz members (default for inputs under "
+                           f"{UNCOMPRESSED_FROM >> 20} MiB in all): the smallest file")
+    size.add_argument("--no_compress", dest="compress", action="store_const", const=False,
+                      help="store the .npz members uncompressed (default from "
+                           f"{UNCOMPRESSED_FROM >> 20} MiB): train.py and score.py memory-map them "
+                           "instead of reading them into memory")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     parser.add_verbose("name each file skipped as not text")
     parser.add_argument("in_text", metavar="PATH", nargs="+",
                         help="inputs: text files, folders (all files in them, recursively, but hidden ones, "
                              "__pycache__ and files that are not text), glob patterns, or .npz files (added "
-                             "as they are)")
+                             "as they are), or nanoGPT's .bin files")
     parser.add_argument("out_npz", metavar="OUT.npz", type=str,
-                        help="output file, the last argument (.npz is appended if missing)")
+                        help="output file, the last argument: an .npz file (.npz is appended to a name "
+                             "that ends neither .npz nor .bin), or a .bin file of ids as nanoGPT's")
     return parser
 
 
@@ -69,7 +76,7 @@ def check_command(args):
         raise UsageError(f"the output {args.out_npz} is a folder; the last argument is the .npz file "
                          "to write")
     files, skipped = input_files(args.in_text, args.encoding, args.verbose)
-    check_output_file(npz_path(args.out_npz), "the output", args.in_text + files)
+    check_output_file(output_name(args.out_npz), "the output", args.in_text + files)
     return files, skipped
 
 
@@ -78,7 +85,8 @@ def encode(args):
     files, skipped = check_command(args)
     return encode_dataset(files, args.out_npz, args.model_name, args.models_dir, args.combine, args.encoding,
                           args.errors, args.literal_endoftext, args.jobs, fast=not args.no_fast,
-                          quiet=args.quiet, skipped=skipped)
+                          quiet=args.quiet, skipped=skipped, compress=args.compress,
+                          bin_dtype=args.bin_dtype)
 
 
 def main():

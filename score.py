@@ -12,6 +12,7 @@ import sys
 from gpt2_tf.cli import (
     Parser,
     UsageError,
+    add_bin_dtype_flag,
     add_text_flags,
     check_encoding,
     check_output_file,
@@ -26,7 +27,7 @@ from gpt2_tf.model_flags import add_model_flags, check_model_flags
 def make_parser():
     p = Parser(description="Score text with GPT-2: every token once, with a sliding window.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="text files, folders, glob patterns or .npz files")
+                   help="text files, folders, glob patterns, .npz files or nanoGPT's .bin files")
     add_model_flags(p, "score the newest checkpoint of checkpoint_dir/run_name (fine-tuned)")
     p.add_argument("--context", type=integer(2), default=None, help="window length C (default: n_ctx)")
     p.add_argument("--stride", type=integer(1), default=None,
@@ -46,6 +47,7 @@ def make_parser():
     p.add_argument("--tsv", metavar="FILE", help="write one row per scored token")
     p.add_argument("--html", metavar="FILE", help="write a page of the text coloured by surprisal")
     add_text_flags(p)
+    add_bin_dtype_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table (write only the files)")
     p.add_verbose()
     return p

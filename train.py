@@ -11,7 +11,16 @@ Checkpoints go to checkpoint/<run_name>/model-<step>, samples to samples/<run_na
 
 import sys
 
-from gpt2_tf.cli import EXIT_FAILED, EXIT_INTERRUPTED, Parser, UsageError, add_text_flags, integer, number
+from gpt2_tf.cli import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    Parser,
+    UsageError,
+    add_bin_dtype_flag,
+    add_text_flags,
+    integer,
+    number,
+)
 
 COUNT = integer(0)
 POSITIVE = integer(1)
@@ -21,13 +30,15 @@ def make_parser():
     p = Parser(prog="train.py", description="Fine-tune GPT-2 on your custom dataset.")
     add = p.add_argument
     add("--dataset", metavar="PATH", required=True,
-        help="training data: a text file, a folder, a glob pattern, or .npz files from encode.py")
+        help="training data: a text file, a folder, a glob pattern, .npz files from encode.py (memory-mapped "
+             "when written uncompressed), or nanoGPT's .bin files (memory-mapped)")
     add("--model_name", metavar="MODEL", default="124M", help="base model, a folder in --models_dir")
     add("--models_dir", metavar="PATH", default="models",
         help="folder of downloaded models (hparams, weights and tokenizer are read from it)")
     add("--combine", metavar="CHARS", type=COUNT, default=50000,
         help="join small text files (separated by <|endoftext|>) into chunks of at least CHARS characters")
     add_text_flags(p)
+    add_bin_dtype_flag(p)
     add("--literal_endoftext", action="store_true",
         help="separate text files by the text <|endoftext|> (7 tokens, as the original) instead of "
              "the <|endoftext|> token")

@@ -19,6 +19,18 @@ def measure(command, env=None):
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+    peaks, thread = poll_memory(process)
+    _, err = process.communicate()
+    thread.join()
+    seconds = time.perf_counter() - start
+    if process.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed: {err.strip().splitlines()[-1:]}")
+    return seconds, peaks["RssAnon"] / 1024, peaks["VmRSS"] / 1024
+
+
+def poll_memory(process):
+    """Follow a running process's peak RssAnon and VmRSS (KiB, from /proc, every 20 ms) until it ends:
+    returns (peaks, thread); join the thread after the process ends, then read peaks."""
     peaks = {"RssAnon": 0, "VmRSS": 0}
 
     def poll():
@@ -35,12 +47,7 @@ def measure(command, env=None):
 
     thread = threading.Thread(target=poll)
     thread.start()
-    _, err = process.communicate()
-    thread.join()
-    seconds = time.perf_counter() - start
-    if process.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed: {err.strip().splitlines()[-1:]}")
-    return seconds, peaks["RssAnon"] / 1024, peaks["VmRSS"] / 1024
+    return peaks, thread
 
 
 WRITE_RANDOM = """

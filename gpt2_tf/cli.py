@@ -134,6 +134,14 @@ def add_text_flags(parser):
                              "or replace them with U+FFFD")
 
 
+def add_bin_dtype_flag(parser):
+    """--bin_dtype, for scripts that read token files (args.bin_dtype)."""
+    from gpt2_tf.token_files import BIN_DTYPES
+
+    parser.add_argument("--bin_dtype", choices=BIN_DTYPES, default="uint16",
+                        help="the type of the token ids in .bin files (nanoGPT's flat files are uint16)")
+
+
 def check_encoding(encoding):
     """Raise UsageError for a name that is not a text encoding Python knows."""
     from gpt2_tf.dataset import DatasetError, check_decoding

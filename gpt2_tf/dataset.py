@@ -1,10 +1,11 @@
-"""Training data: text or .npz files to chunks of tokens, and the window sampler of nshepperd's train.py.
+"""Training data: text or token files to chunks of tokens, and the window sampler of nshepperd's train.py.
 
 A dataset is a list of 1-D integer numpy arrays, "chunks". `load_dataset` builds one from text files,
-encoding them on the fly, or from .npz files written by encode.py (or by the original encode.py), and
-`save_npz` writes one as encode.py does. `Sampler` draws training windows from it exactly as the
-original did. Text is read and encoded in pieces, in parallel if asked, so that memory holds the tokens
-but never a whole file; the tokens are the same as encoding each file at once.
+encoding them on the fly, and from token files (token_files.py): .npz files written by encode.py (or by
+the original encode.py, or numpy) and nanoGPT's .bin files, memory-mapped where they can be.
+`encode_dataset` writes one as encode.py does, as a stream: memory holds the pieces in flight, never the
+dataset. `Sampler` draws training windows from it exactly as the original did. Text is read and encoded
+in pieces, in parallel if asked; the tokens are the same as encoding each file at once.
 This module does not import TensorFlow.
 """
 
@@ -19,7 +20,6 @@ import multiprocessing
 import os
 import signal
 import time
-import zipfile
 
 import numpy as np
 from tqdm import tqdm
@@ -27,19 +27,22 @@ from tqdm import tqdm
 from gpt2_tf.encoder import ENDOFTEXT, Encoder, get_encoder
 from gpt2_tf.fast_encoder import FastEncoder, Splitter
 from gpt2_tf.files import atomic_write
+from gpt2_tf.token_files import (
+    UNCOMPRESSED_FROM,
+    DatasetError,
+    Spool,
+    blocks_of,
+    changed_file,
+    check_ids,
+    check_output_path,
+    is_token_file,
+    mapped_files,
+    read_tokens,
+    token_writer,
+)
 
 PIECE_SIZE = 1 << 20  # characters of text per piece handed to an encoder
 BLOCK_SIZE = 1 << 20  # bytes read from a file at a time
-# Deflate level of written .npz files. numpy's default (6) takes 2.5 times as long on token ids, for
-# files 10-15% smaller.
-ZIP_LEVEL = 1
-# The first bytes of an .npz file (a zip archive, or an empty one) and of an .npy file (a single array).
-ZIP_STARTS = (b"PK\x03\x04", b"PK\x05\x06")
-NPY_START = b"\x93NUMPY"
-
-
-class DatasetError(ValueError):
-    """A problem with the input or output files, said in one line."""
 
 
 def token_dtype(n_vocab):
@@ -116,10 +119,10 @@ def _hidden(name):
 def is_binary(path, encoding="utf-8"):
     """Whether a file is clearly not text: its first block holds a NUL byte.
 
-    Always False for .npz files (token arrays, read as such), for encodings whose text holds NUL bytes
+    Always False for token files (.npz and .bin, read as such), for encodings whose text holds NUL bytes
     (UTF-16, UTF-32), and for files that cannot be read (reading them will say why).
     """
-    if path.endswith(".npz") or not _nul_means_binary(encoding):
+    if is_token_file(path) or not _nul_means_binary(encoding):
         return False
     try:
         with open(path, "rb") as f:
@@ -134,48 +137,6 @@ def _nul_means_binary(encoding):
         return b"\0" not in "text\n".encode(encoding)
     except (LookupError, UnicodeError):
         return True
-
-
-def load_npz(path, n_vocab=None):
-    """The token arrays of an .npz file, in stored order (arr_0, arr_1, ...).
-
-    Arrays of any integer dtype are accepted (the original encode.py wrote int64). Nothing is unpickled:
-    a file holding Python objects is refused. With `n_vocab`, ids outside 0..n_vocab-1 are an error.
-    """
-    _check_npz_start(path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = [(name, npz[name]) for name in npz.files]
-    except ValueError as e:
-        if "pickle" in str(e):
-            raise DatasetError(f"{path}: holds pickled Python objects, not token arrays; "
-                               "refusing to load it") from None
-        raise DatasetError(f"{path}: not a valid .npz file ({e})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise DatasetError(f"{path}: not a valid .npz file ({e})") from None
-    chunks = []
-    for name, array in arrays:
-        if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-            raise DatasetError(f"{path}: {name} is not a 1-D array of token ids "
-                               f"(dtype {array.dtype}, shape {array.shape})")
-        if n_vocab is not None and array.size and (array.min() < 0 or array.max() >= n_vocab):
-            raise DatasetError(f"{path}: {name} holds token ids outside 0..{n_vocab - 1}; "
-                               f"was it encoded with another vocabulary?")
-        chunks.append(array)
-    return chunks
-
-
-def _check_npz_start(path):
-    """Raise DatasetError unless the file starts as an .npz file (a zip archive) does."""
-    try:
-        with open(path, "rb") as f:
-            start = f.read(len(NPY_START))
-    except OSError as e:
-        raise DatasetError(f"cannot read {path}: {e.strerror}") from None
-    if start.startswith(NPY_START):
-        raise DatasetError(f"{path}: not an .npz file: it is a single .npy array (np.save, not np.savez)")
-    if not start.startswith(ZIP_STARTS):
-        raise DatasetError(f"{path}: not an .npz file: it is not a zip archive, as .npz files are")
 
 
 def read_text(path, encoding, errors, on_read):
@@ -250,14 +211,14 @@ def text_work(blocks, splitter, eot):
     return chars
 
 
-def _work(paths, combine, encoding, errors, eot, piece_size, n_vocab, on_read, totals):
+def _work(paths, combine, encoding, errors, eot, piece_size, n_vocab, bin_dtype, on_read, totals):
     """The dataset as a sequence of work items, in order.
 
     Items are ("text", str) to encode, ("tokens", array) to add to the current chunk, ("chunk", array)
-    for a chunk of its own (from an .npz file), and ("end", None) to close the current chunk. The
+    for a chunk of its own (an array of a token file), and ("end", None) to close the current chunk. The
     grouping is the original's: text files are joined until the joined text (with 13 characters for each
-    separator) reaches `combine` characters; .npz chunks are passed through as they come.
-    `totals` counts the characters of text and the tokens from .npz files.
+    separator) reaches `combine` characters; token files' arrays are passed through as they come.
+    `totals` counts the characters of text and the tokens from token files.
     """
     splitter = Splitter(piece_size)
     chunk_chars = 0
@@ -267,9 +228,9 @@ def _work(paths, combine, encoding, errors, eot, piece_size, n_vocab, on_read, t
         return [("text", rest)] if rest else []
 
     for path in paths:
-        if path.endswith(".npz"):
-            for array in load_npz(path, n_vocab):
-                totals["npz tokens"] += len(array)
+        if is_token_file(path):
+            for array in read_tokens(path, n_vocab, bin_dtype):
+                totals["file tokens"] += len(array)
                 yield "chunk", array
             on_read(os.path.getsize(path))
             continue
@@ -352,14 +313,15 @@ def _encoded(work, encode, jobs, worker_args=None):
 
 
 def load_dataset(enc, path, combine=50000, encoding="utf-8", errors="strict", literal_endoftext=False,
-                 fast=True, jobs=1, progress=True, piece_size=PIECE_SIZE):
+                 fast=True, jobs=1, progress=True, piece_size=PIECE_SIZE, bin_dtype="uint16"):
     """Load a dataset: a list of 1-D integer token arrays ("chunks").
 
     Args:
         enc: the reference `Encoder` of the model.
         path: a file, folder or glob pattern (see `list_files`), or a list of them (see
-            `list_inputs`). Text files are encoded; the arrays of .npz files are added as they are,
-            each a chunk. Files found in folders or by patterns that are clearly not text are skipped.
+            `list_inputs`). Text files are encoded; the arrays of token files (.npz, .bin) are added as
+            they are, each a chunk, memory-mapped where the file allows (see token_files.read_tokens).
+            Files found in folders or by patterns that are clearly not text are skipped.
         combine: text files are joined until the text reaches this many characters, then encoded as one
             chunk, as in the original.
         encoding, errors: how text files are decoded (errors: 'strict' or 'replace').
@@ -371,9 +333,19 @@ def load_dataset(enc, path, combine=50000, encoding="utf-8", errors="strict", li
             the result does not depend on it.
         progress: show a progress bar on stderr.
         piece_size: characters per piece of text encoded at a time.
+        bin_dtype: the dtype of the ids in .bin files (nanoGPT's are uint16).
     """
-    chunks, _ = _load(enc, path, combine, encoding or "utf-8", errors, literal_endoftext, fast, jobs or 1,
-                      progress, piece_size)
+    fast_enc = _fast_encoder(enc) if fast else None
+    chunks, pending = [], []
+    for kind, value in _items(enc, fast_enc, path, combine, encoding or "utf-8", errors, literal_endoftext,
+                              jobs or 1, progress, piece_size, bin_dtype):
+        if kind == "chunk":
+            chunks.append(value)
+        elif kind == "tokens":
+            pending.append(value)
+        elif pending:
+            chunks.append(np.concatenate(pending) if len(pending) > 1 else pending[0])
+            pending = []
     return chunks
 
 
@@ -391,8 +363,10 @@ def check_decoding(encoding, errors):
         raise DatasetError(f"{encoding!r} is not a text encoding") from None
 
 
-def _load(enc, path, combine, encoding, errors, literal_endoftext, fast, jobs, progress, piece_size):
-    """load_dataset; also returns the name of the encoder used."""
+def _items(enc, fast_enc, path, combine, encoding, errors, literal_endoftext, jobs, progress, piece_size,
+           bin_dtype):
+    """The dataset of `path` as ("tokens", array), ("end", None) and ("chunk", array) items (see `_work`),
+    the text encoded, with a progress bar. An input without text or tokens is a DatasetError."""
     start = time.time()
     check_decoding(encoding, errors)
     one_input = isinstance(path, (str, os.PathLike))
@@ -406,7 +380,6 @@ def _load(enc, path, combine, encoding, errors, literal_endoftext, fast, jobs, p
         if enc.eot_token is None:
             raise DatasetError(f"the vocabulary has no {ENDOFTEXT} token; use literal_endoftext")
         eot = np.array([enc.eot_token], dtype=dtype)
-    fast_enc = _fast_encoder(enc) if fast else None
     encode = _encode_function(enc, fast_enc, dtype)
     total_bytes = sum(os.path.getsize(p) for p in paths if os.path.isfile(p))
     if total_bytes < 2 * piece_size:
@@ -415,76 +388,38 @@ def _load(enc, path, combine, encoding, errors, literal_endoftext, fast, jobs, p
     if fast_enc is None and jobs > 1:
         worker_args = (enc.encoder, sorted(enc.bpe_ranks, key=enc.bpe_ranks.get), dtype)
 
-    encoding_text = not all(p.endswith(".npz") for p in paths)  # .npz files are only loaded
+    encoding_text = not all(is_token_file(p) for p in paths)  # token files are only loaded
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="Encoding",
                disable=not (progress and encoding_text), dynamic_ncols=True)
     totals = collections.Counter()
-    work = _work(paths, combine, encoding, errors, eot, piece_size, n_vocab, bar.update, totals)
-    chunks, pending, tokens = [], [], 0
+    work = _work(paths, combine, encoding, errors, eot, piece_size, n_vocab, bin_dtype, bar.update, totals)
+    tokens = 0
     with bar:
         for kind, value in _encoded(work, encode, jobs, worker_args):
-            if kind == "chunk":
-                chunks.append(value)
-            elif kind == "tokens":
-                pending.append(value)
+            if kind == "tokens":
                 tokens += len(value)
                 bar.set_postfix_str(f"{tokens / max(time.time() - start, 1e-9):,.0f} tokens/s", refresh=False)
-            elif pending:
-                chunks.append(np.concatenate(pending) if len(pending) > 1 else pending[0])
-                pending = []
-    if not totals["characters"] and not totals["npz tokens"]:
+            yield kind, value
+    if not totals["characters"] and not totals["file tokens"]:
         if one_input:  # the caller names it
             raise DatasetError("no text: the input is empty")
         where = paths[0] if len(paths) == 1 else f"any of the {len(paths)} input files"
         raise DatasetError(f"no text in {where}: the input is empty")
-    return chunks, "tiktoken" if fast_enc is not None else "reference encoder"
-
-
-def npz_path(path):
-    """The name numpy gives an .npz file: `path`, with `.npz` appended if it does not end so."""
-    path = os.fspath(path)
-    return path if path.endswith(".npz") else path + ".npz"
-
-
-def check_output_path(path):
-    """Check that an .npz file can be written at `path` (its directory exists); returns its full name."""
-    path = npz_path(path)
-    directory = os.path.dirname(path) or "."
-    if not os.path.isdir(directory):
-        raise DatasetError(f"cannot write {path}: directory {directory} does not exist")
-    if os.path.isdir(path):
-        raise DatasetError(f"cannot write {path}: it is a directory")
-    return path
-
-
-def save_npz(path, chunks, dtype=np.uint16):
-    """Write chunks as `np.savez_compressed(path, *chunks)` does: arrays arr_0, arr_1, ... of `dtype`.
-
-    The file is written under a temporary name in the same directory and renamed when complete, so an
-    error never leaves a partial file. Zip timestamps are fixed, so the same tokens give the same bytes.
-    Returns the path written (with `.npz` appended if it was missing, as numpy does).
-    """
-    path = check_output_path(path)
-    try:
-        with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
-            for i, chunk in enumerate(chunks):
-                info = zipfile.ZipInfo(f"arr_{i}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info._compresslevel = ZIP_LEVEL  # compress_level from Python 3.13, which keeps this alias
-                with zf.open(info, "w", force_zip64=True) as out:
-                    np.lib.format.write_array(out, np.asarray(chunk, dtype=dtype), allow_pickle=False)
-    except OSError as e:
-        raise DatasetError(f"cannot write {path}: {e.strerror}") from None
-    return path
 
 
 def encode_dataset(in_text, out_npz, model_name="124M", models_dir="models", combine=50000,
                    encoding="utf-8", errors="strict", literal_endoftext=False, jobs=None, fast=True,
-                   quiet=False, skipped=()):
-    """What encode.py does: encode the files of `in_text` into the .npz file `out_npz`.
+                   quiet=False, skipped=(), compress=None, bin_dtype="uint16"):
+    """What encode.py does: encode the files of `in_text` into the token file `out_npz`.
 
     `in_text` is a file, folder or glob pattern, or a list of them (see `list_inputs`). `skipped` names
     files the caller's own listing left out as not text, to be counted with those left out here.
+    The output is an .npz file (`.npz` is appended to a name that ends neither so), or with a name ending
+    in .bin a flat file of ids as nanoGPT writes them: the chunks one after another, each followed by
+    `<|endoftext|>` unless it ends with it. It is written as the text is encoded, atomically:
+    memory holds the pieces in flight and at most token_files.SPOOL_BYTES of the chunk being built.
+    compress: deflate the .npz members; None (default) compresses inputs smaller than UNCOMPRESSED_FROM
+    bytes in all and stores the others uncompressed, to be memory-mapped.
     Returns a one-line summary (files, bytes, tokens, chunks, seconds). Problems with the input or output
     raise DatasetError with a one-line message.
     """
@@ -499,20 +434,35 @@ def encode_dataset(in_text, out_npz, model_name="124M", models_dir="models", com
     skipped = list(skipped)
     inputs = [in_text] if isinstance(in_text, (str, os.PathLike)) else in_text
     paths = list_inputs(inputs, encoding or "utf-8", skipped)
-    jobs = jobs or default_jobs()
-    if not quiet:
-        print("Reading files")
-    chunks, encoder_name = _load(enc, paths, combine, encoding or "utf-8", errors, literal_endoftext, fast,
-                                 jobs, not quiet, PIECE_SIZE)
-    if not quiet:
-        print(f"Writing {out}")
-    save_npz(out, chunks, token_dtype(max(enc.encoder.values()) + 1))
-    seconds = time.time() - start
     n_bytes = sum(os.path.getsize(p) for p in paths if os.path.isfile(p))
-    n_tokens = sum(len(chunk) for chunk in chunks)
+    if compress is None:
+        compress = n_bytes < UNCOMPRESSED_FROM
+    jobs = jobs or default_jobs()
+    dtype = token_dtype(max(enc.encoder.values()) + 1)
+    fast_enc = _fast_encoder(enc) if fast else None
+    if not quiet:
+        print(f"Encoding into {out}" + ("" if compress or out.endswith(".bin") else " (uncompressed)"))
+    items = _items(enc, fast_enc, paths, combine, encoding or "utf-8", errors, literal_endoftext, jobs,
+                   not quiet, PIECE_SIZE, bin_dtype)
+    try:
+        with (atomic_write(out) as f, token_writer(f, out, dtype, compress, enc.eot_token) as writer,
+              Spool(dtype, os.path.dirname(out) or ".") as spool):
+            for kind, value in items:
+                if kind == "chunk":
+                    writer.add(blocks_of(value), len(value))
+                elif kind == "tokens":
+                    spool.add(value)
+                elif spool.length:
+                    writer.add(spool.blocks(), spool.length)
+                    spool.clear()
+    except OSError as e:
+        raise DatasetError(f"cannot write {out}: {e.strerror}") from None
+    seconds = time.time() - start
+    encoder_name = "tiktoken" if fast_enc is not None else "reference encoder"
     files = _count(len(paths), "file") + (f" ({len(skipped):,} more skipped as not text)" if skipped else "")
-    return (f"{files}, {_count(n_bytes, 'byte')}, {_count(n_tokens, 'token')}, "
-            f"{_count(len(chunks), 'chunk')} in {seconds:.1f} s "
+    arrays = "" if out.endswith(".bin") else f", {_count(writer.count, 'chunk')}"
+    tokens = _count(writer.tokens, "token")
+    return (f"{files}, {_count(n_bytes, 'byte')}, {tokens}{arrays} in {seconds:.1f} s "
             f"({n_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s, {encoder_name}, {_count(jobs, 'job')})")
 
 
@@ -536,15 +486,22 @@ class Sampler:
     windows are the original's (the same RandomState calls in the same order), quirks included: the last
     token of a chunk is never sampled, and the last start position of the last chunk is never drawn.
     `sampler.rs` is the numpy RandomState; its get_state()/set_state() save and restore the position.
+
+    Memory-mapped chunks are checked as they are used: with `n_vocab`, each window's ids are checked
+    (loading checked only the ends of the file), and before each window, that the mapped files are
+    unchanged (a file shortened under a mapping would kill the process on reading). Either problem is a
+    DatasetError.
     """
 
-    def __init__(self, chunks, seed=None):
+    def __init__(self, chunks, seed=None, n_vocab=None):
         self.chunks = chunks
         self.total_size = sum(len(chunk) for chunk in chunks)
         self.boundaries = [0]
         for chunk in chunks:
             self.boundaries.append(self.boundaries[-1] + len(chunk))
         self.rs = np.random.RandomState(seed=seed)
+        self.n_vocab = n_vocab
+        self.files = mapped_files(chunks)
         self._possible = set()
 
     def sample(self, length):
@@ -555,7 +512,19 @@ class Sampler:
             i = bisect.bisect_right(self.boundaries, index) - 1
             if self.boundaries[i + 1] > index + length:
                 within = index - self.boundaries[i]
-                return self.chunks[i][within:within + length]
+                return self._checked(self.chunks[i][within:within + length], i, within)
+
+    def _checked(self, window, i, within):
+        if not isinstance(window, np.memmap):
+            return window
+        problem = changed_file(self.files)
+        if problem:
+            raise DatasetError(f"{problem}: a token file must not change while it is being read; keep the "
+                               "old one until the run ends, or stop the run first")
+        if self.n_vocab is not None:
+            where = f"{window.filename}: chunk {i} at token {within:,}"
+            check_ids(window, self.n_vocab, window.filename, where)
+        return window
 
     def _check(self, length):
         if length in self._possible:

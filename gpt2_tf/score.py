@@ -257,13 +257,16 @@ def figures(tokens, nll, correct, size=None, words=None):
 # Reading documents.
 
 
-def load_documents(enc, files, per_line=False, encoding="utf-8", errors="strict", n_vocab=None):
+def load_documents(enc, files, per_line=False, encoding="utf-8", errors="strict", n_vocab=None,
+                   bin_dtype="uint16"):
     """The documents of `files` (see cli.input_files): each text file, or with per_line each non-empty
-    line of it (without its newline); each array of an .npz file. Text is tokenized as encode.py does
-    (a literal <|endoftext|> becomes its id), through tiktoken when it is installed."""
-    from gpt2_tf.dataset import load_npz, read_text
+    line of it (without its newline); each array of a token file (.npz, .bin; memory-mapped where the
+    file allows, and its ids all checked, since every one will be read). Text is tokenized as encode.py
+    does (a literal <|endoftext|> becomes its id), through tiktoken when it is installed."""
+    from gpt2_tf.dataset import read_text
     from gpt2_tf.encoder import encode_with_eot
     from gpt2_tf.fast_encoder import FastEncoder
+    from gpt2_tf.token_files import check_ids, is_token_file, read_tokens
 
     fast = FastEncoder.build(enc)
     encode = fast.encode if fast is not None else enc.encode
@@ -273,8 +276,12 @@ def load_documents(enc, files, per_line=False, encoding="utf-8", errors="strict"
 
     documents = []
     for path in files:
-        if path.endswith(".npz"):
-            documents += [Document(f"{path}[{i}]", array) for i, array in enumerate(load_npz(path, n_vocab))]
+        if is_token_file(path):
+            for i, array in enumerate(read_tokens(path, n_vocab, bin_dtype)):
+                name = path if path.endswith(".bin") else f"{path}[{i}]"
+                if n_vocab is not None and isinstance(array, np.memmap):
+                    check_ids(array, n_vocab, path, name)
+                documents.append(Document(name, array))
             continue
         text = "".join(read_text(path, encoding, errors, lambda size: None))
         if not per_line:

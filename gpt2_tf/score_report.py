@@ -115,7 +115,8 @@ def run(args, files, out=None):
     if stride > context:
         raise UsageError(f"--stride {stride} is more than --context {context}; it must be 1 to "
                          f"{context}")
-    documents = load_documents(enc, files, args.per_line, args.encoding, args.errors, hparams.n_vocab)
+    documents = load_documents(enc, files, args.per_line, args.encoding, args.errors, hparams.n_vocab,
+                               args.bin_dtype)
     if args.prefix == "eot" and args.compat is None and enc.eot_token is None:
         raise UsageError("the vocabulary has no <|endoftext|> token: use --prefix none")
     prefix = "none" if args.compat == "hf" else args.prefix

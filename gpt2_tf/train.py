@@ -39,6 +39,7 @@ from tqdm import tqdm
 from gpt2_tf import checkpoint
 from gpt2_tf.checkpoint import CheckpointError
 from gpt2_tf.cli import UsageError
+from gpt2_tf.dataset import DatasetError, Sampler, default_jobs, list_files, load_dataset
 from gpt2_tf.encoder import Encoder, get_encoder
 from gpt2_tf.files import atomic_write
 from gpt2_tf.hparams import HParams, save_hparams
@@ -429,11 +430,10 @@ def write_scalar(writer, tag, value, step):
 def load_chunks(enc, path, args, n_ctx, what="dataset"):
     """load_dataset(...) -> (chunks, total tokens); problems, and data too small for n_ctx-token
     windows, become UsageError."""
-    from gpt2_tf.dataset import Sampler, default_jobs, load_dataset
-
     try:
         chunks = load_dataset(enc, path, args.combine, encoding=args.encoding, errors=args.errors,
-                              literal_endoftext=args.literal_endoftext, jobs=default_jobs())
+                              literal_endoftext=args.literal_endoftext, jobs=default_jobs(),
+                              bin_dtype=args.bin_dtype)
         if not chunks:
             raise ValueError("no data found (does the path or pattern match any file?)")
         Sampler(chunks, seed=0).sample(n_ctx)  # the sampler's own check that windows fit
@@ -578,13 +578,15 @@ def run(args, checked=None):
     elif chief:
         os.makedirs(run_dir, exist_ok=True)
         save_hparams(hparams, os.path.join(run_dir, "hparams.json"))  # the run's own shape
-    progress = resume(args, start, run_dir, chunks, optimizer)
+    progress = resume(args, start, run_dir, chunks, hparams.n_vocab, optimizer)
 
     train_step = TrainStep(model, optimizer, variables.values(), strategy, args.batch_size,
                            args.accumulate_gradients, hparams.n_ctx, jit_compile=compile_mode == "xla",
                            loss_scaling=args.mixed_precision == "fp16",
                            xla_update=not memory_saving and args.optimizer != "adafactor")
-    val_batches = validation_batches(args, val_chunks, hparams.n_ctx) if val_documents is None else []
+    val_batches = []
+    if val_documents is None:
+        val_batches = validation_batches(args, val_chunks, hparams.n_ctx, hparams.n_vocab)
     evaluator = Evaluator(model, strategy, jit_compile=compile_mode == "xla") if val_batches else None
     checkpoints = RunCheckpoints(run_dir, max_to_keep=args.max_to_keep or None, keep_every_hours=2,
                                  aux_files={name: os.path.join(base_dir, name)
@@ -600,11 +602,17 @@ def run(args, checked=None):
     say("Training...")
     end = None if args.steps is None else progress.step + args.steps
     skipped = 0  # steps in a row whose update was skipped
+    data_problem = None  # a token file that changed or holds bad ids, found before its window was used
     with StopRequest() as stop:
         if args.val_every > 0 and progress.step == 0:
             validate(r)
         while not stop.requested and (end is None or progress.step < end):
-            loss, finite = train_step(*next_batch(r))
+            try:
+                batch = next_batch(r)
+            except DatasetError as e:
+                data_problem = e
+                break
+            loss, finite = train_step(*batch)
             if not finite:
                 skipped += 1
                 refuse_or_warn_nonfinite(r, loss, skipped, train_step.can_skip)
@@ -630,6 +638,8 @@ def run(args, checked=None):
         if progress.step != progress.last_saved:
             save(r)
     writer.flush()
+    if data_problem is not None:
+        raise TrainingError(f"{data_problem} (stopped at step {progress.step}, saved in {run_dir})")
     if skipped > args.max_nonfinite:
         raise TrainingError(f"the loss or the gradients were not finite at {skipped} steps in a row; "
                             f"stopped with the weights of step {progress.step}, the last good ones (in "
@@ -708,13 +718,11 @@ def restore_weights(model, start):
         raise UsageError(str(e)) from None
 
 
-def resume(args, start, run_dir, chunks, optimizer):
+def resume(args, start, run_dir, chunks, n_vocab, optimizer):
     """The run's Progress: from the checkpoint's state when it has one (written by this trainer),
     with its optimizer state loaded; from the run's counter for a run of the original trainer;
     otherwise a new count."""
-    from gpt2_tf.dataset import Sampler
-
-    progress = Progress(Sampler(chunks, seed=args.seed), args.seed)
+    progress = Progress(Sampler(chunks, seed=args.seed, n_vocab=n_vocab), args.seed)
     saved = load_train_state(start) if start is not None and args.restore_from != "fresh" else None
     in_run_dir = start is not None and os.path.abspath(os.path.dirname(start)) == os.path.abspath(run_dir)
     if saved is not None:
@@ -729,14 +737,14 @@ def resume(args, start, run_dir, chunks, optimizer):
     return progress
 
 
-def validation_batches(args, chunks, n_ctx):
+def validation_batches(args, chunks, n_ctx, n_vocab):
     """The fixed validation windows: --val_batch_count batches of --val_batch_size, drawn with seed 1."""
-    from gpt2_tf.dataset import Sampler
-
     if args.val_every <= 0:
         return []
-    sampler = Sampler(chunks, seed=1)
-    return [[sampler.sample(n_ctx) for _ in range(args.val_batch_size)] for _ in range(args.val_batch_count)]
+    sampler = Sampler(chunks, seed=1, n_vocab=n_vocab)
+    # Copies: windows of a memory-mapped file would be read again at each validation.
+    return [[np.array(sampler.sample(n_ctx)) for _ in range(args.val_batch_size)]
+            for _ in range(args.val_batch_count)]
 
 
 def next_batch(r):
@@ -825,12 +833,10 @@ def validate(r):
 
 def load_validation_documents(enc, args, n_vocab):
     """--val_full's documents: each file of --val_dataset (default --dataset), each array of an .npz."""
-    from gpt2_tf.dataset import DatasetError, list_files
-
     path = args.val_dataset or args.dataset
     try:
         documents = load_documents(enc, list_files(path, args.encoding), encoding=args.encoding,
-                                   errors=args.errors, n_vocab=n_vocab)
+                                   errors=args.errors, n_vocab=n_vocab, bin_dtype=args.bin_dtype)
     except DatasetError as e:
         raise UsageError(f"validation dataset {e}") from None
     if not any(len(d.tokens) for d in documents):

@@ -9,8 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpt2_tf import dataset
-from gpt2_tf.dataset import DatasetError, Sampler, list_files, load_dataset, load_npz, save_npz
+from gpt2_tf.dataset import DatasetError, Sampler, list_files, load_dataset
 from gpt2_tf.encoder import get_encoder
+from gpt2_tf.token_files import read_tokens, save_tokens
 
 SEPARATOR = "<|endoftext|>"
 
@@ -166,23 +167,23 @@ def test_npz_inputs_are_appended_as_they_are(enc, tmp_path):
 
 def test_save_npz_writes_what_numpy_and_the_original_loader_read(tmp_path):
     chunks = [np.array([50256, 0, 1], dtype=np.int64), np.arange(1000, dtype=np.int32)]
-    path = save_npz(tmp_path / "data", chunks)
+    path = save_tokens(tmp_path / "data", chunks)
     assert path.endswith("data.npz") and os.listdir(tmp_path) == ["data.npz"]
     with np.load(path) as npz:
         assert npz.files == ["arr_0", "arr_1"]
         assert npz["arr_0"].dtype == np.uint16 and npz["arr_0"].tolist() == [50256, 0, 1]
         assert npz["arr_1"].tolist() == list(range(1000))
     first = open(path, "rb").read()
-    save_npz(tmp_path / "again.npz", chunks)
+    save_tokens(tmp_path / "again.npz", chunks)
     assert open(tmp_path / "again.npz", "rb").read() == first  # no timestamps: same tokens, same bytes
 
 
 def test_save_npz_leaves_nothing_behind_on_error(tmp_path):
     with pytest.raises(ValueError):
-        save_npz(tmp_path / "data.npz", [np.arange(10), np.array(["not", "tokens"])])
+        save_tokens(tmp_path / "data.npz", [np.arange(10), np.array(["not", "tokens"])])
     assert os.listdir(tmp_path) == []
     with pytest.raises(DatasetError, match="does not exist"):
-        save_npz(tmp_path / "missing" / "data.npz", [np.arange(10)])
+        save_tokens(tmp_path / "missing" / "data.npz", [np.arange(10)])
 
 
 def test_list_files_order_is_sorted_and_recursive(tmp_path):
@@ -210,7 +211,7 @@ def test_npz_with_python_objects_is_refused(enc, tmp_path):
     marker = str(tmp_path / "unpickled")
     np.savez(tmp_path / "evil.npz", np.array([Payload(marker), 1], dtype=object))
     with pytest.raises(DatasetError, match="pickled Python objects"):
-        load_npz(tmp_path / "evil.npz")
+        read_tokens(tmp_path / "evil.npz")
     with pytest.raises(DatasetError, match="pickled Python objects"):
         load_dataset(enc, str(tmp_path / "evil.npz"), progress=False)
     assert not os.path.exists(marker)
@@ -219,13 +220,13 @@ def test_npz_with_python_objects_is_refused(enc, tmp_path):
 def test_npz_that_is_not_tokens_is_refused(enc, tmp_path):
     np.savez(tmp_path / "floats.npz", np.zeros(3))
     with pytest.raises(DatasetError, match="not a 1-D array of token ids"):
-        load_npz(tmp_path / "floats.npz")
+        read_tokens(tmp_path / "floats.npz")
     np.savez(tmp_path / "big.npz", np.array([1, 70000]))
     with pytest.raises(DatasetError, match="outside 0..50256"):
         load_dataset(enc, str(tmp_path / "big.npz"), progress=False)
     (tmp_path / "junk.npz").write_text("not a zip file")
     with pytest.raises(DatasetError, match="junk.npz"):
-        load_npz(tmp_path / "junk.npz")
+        read_tokens(tmp_path / "junk.npz")
 
 
 def test_input_errors_name_the_problem(enc, tmp_path, monkeypatch):
@@ -314,14 +315,14 @@ def test_files_that_are_not_npz_files_say_so(enc, tmp_path):
     np.save(tmp_path / "array.npy", np.arange(5))
     os.rename(tmp_path / "array.npy", tmp_path / "renamed.npz")
     with pytest.raises(DatasetError, match=r"renamed.npz: not an .npz file: it is a single .npy array"):
-        load_npz(tmp_path / "renamed.npz")
+        read_tokens(tmp_path / "renamed.npz")
     (tmp_path / "text.npz").write_text("just some text\n")
     with pytest.raises(DatasetError) as error:
         load_dataset(enc, str(tmp_path / "text.npz"), progress=False)
     message = "not an .npz file: it is not a zip archive, as .npz files are"
     assert str(error.value) == f"{tmp_path / 'text.npz'}: {message}"
     np.savez(tmp_path / "empty.npz")  # an empty zip archive is an .npz file without arrays
-    assert load_npz(tmp_path / "empty.npz") == []
+    assert read_tokens(tmp_path / "empty.npz") == []
 
 
 def test_loading_npz_files_shows_no_encoding_bar(enc, tmp_path, capsys):

@@ -178,7 +178,7 @@ def test_cli_encodes_a_directory(vocab_dir, tmp_path, enc):
     (corpus / "sub" / "c.md").write_text("Third, in a folder.")
     result = run_encode(vocab_dir, str(corpus), str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
-    assert "Reading files" in result.stdout and "3 files" in result.stdout
+    assert "Encoding into" in result.stdout and "3 files" in result.stdout
     with np.load(tmp_path / "out.npz", allow_pickle=False) as npz:  # numpy's .npz suffix is added
         assert npz.files == ["arr_0"]
         chunk = npz["arr_0"]

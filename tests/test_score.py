@@ -224,6 +224,15 @@ def test_npz_input_gives_token_figures_only(loaded, tiny_model, tmp_path):
     assert "tokens only" in out.stdout
     data = json.loads((tmp_path / "s.json").read_text())
     assert data["total"]["tokens"] == 49 and data["total"]["bpb"] is None and data["total"]["loss"] > 0
+    # The first array as a nanoGPT .bin file (memory-mapped) is one document, scored the same.
+    with np.load(tmp_path / "d.npz") as npz:
+        npz["arr_0"].tofile(tmp_path / "d.bin")
+    out = run_score(str(tmp_path / "d.bin"), "--models_dir", models_dir, "--model_name", name, "--json",
+                    str(tmp_path / "b.json"))
+    assert out.returncode == 0, out.stderr
+    (document,) = json.loads((tmp_path / "b.json").read_text())["documents"]
+    assert document["name"] == str(tmp_path / "d.bin") and document["tokens"] == 40
+    assert document["nll"] == pytest.approx(data["documents"][0]["nll"], rel=1e-6)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -23,6 +23,7 @@ from gpt2_tf import checkpoint
 from gpt2_tf.hparams import HParams
 from gpt2_tf.ops import cross_entropy as fused_cross_entropy
 from gpt2_tf.optim import FactoredAdafactor, make_optimizer, optimizer_state
+from gpt2_tf.token_files import save_tokens
 from gpt2_tf.train import (
     Evaluator,
     TrainStep,
@@ -225,6 +226,48 @@ def test_resume_continues_exactly(tmp_path, tiny_model, data, capsys):
                             "--run_name", "other"), capsys)
         assert lines[0] == f"Loading checkpoint {split_dir}/model-20"
         assert sorted(step_losses(lines)) == [21]
+
+
+def test_token_file_formats_train_the_same(tmp_path, tiny_model, capsys):
+    """The same tokens as a compressed .npz (read into memory), an uncompressed .npz and a nanoGPT .bin
+    (both memory-mapped) give the same windows, so the same losses and weights."""
+    tokens = np.random.RandomState(5).randint(0, 50257, 3000).astype(np.uint16)
+    save_tokens(tmp_path / "compressed.npz", [tokens])
+    save_tokens(tmp_path / "stored.npz", [tokens], compress=False)
+    tokens.tofile(tmp_path / "train.bin")
+    losses = {}
+    for name in ("compressed.npz", "stored.npz", "train.bin"):
+        lines = train(flags(tmp_path, tiny_model, str(tmp_path / name), "--steps", "3", "--learning_rate",
+                            "0.001", "--run_name", name), capsys)
+        losses[name] = step_losses(lines)
+    assert len(losses["train.bin"]) == 3
+    assert losses["compressed.npz"] == losses["stored.npz"] == losses["train.bin"]
+    runs = tmp_path / "checkpoint"
+    assert_same_weights(weights(str(runs / "compressed.npz")), weights(str(runs / "train.bin")))
+
+
+def test_a_token_file_changed_during_a_run_stops_it_after_saving(tmp_path, tiny_model, capsys, monkeypatch):
+    from gpt2_tf import train as train_module
+
+    path = tmp_path / "train.bin"
+    np.random.RandomState(6).randint(0, 50257, 3000).astype(np.uint16).tofile(path)
+    real_next_batch, calls = train_module.next_batch, []
+
+    def next_batch(r):
+        calls.append(1)
+        if len(calls) == 3:  # after two steps, the file is rewritten in place
+            with open(path, "ab") as f:
+                f.write(b"\0\0")
+        return real_next_batch(r)
+
+    monkeypatch.setattr(train_module, "next_batch", next_batch)
+    with pytest.raises(train_module.TrainingError) as error:
+        train(flags(tmp_path, tiny_model, str(path), "--steps", "10"), capsys)
+    run_dir = tmp_path / "checkpoint" / "run1"
+    assert str(error.value) == (f"{path} was changed while in use (its size or time changed): a token "
+                                "file must not change while it is being read; keep the old one until the run "
+                                f"ends, or stop the run first (stopped at step 2, saved in {run_dir})")
+    assert checkpoint.latest(str(run_dir)).endswith("model-2")
 
 
 def test_only_transformer_layers_are_trained(tmp_path, tiny_model, data, capsys):
