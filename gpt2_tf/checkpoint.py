@@ -177,6 +177,15 @@ def update_state_file(folder, name, max_to_keep=None):
     return [n for n in dropped if os.path.basename(n) == n]
 
 
+def model_from_weights(hparams, weights, **model_kwargs):
+    """Build a GPT2 with the given weights {TF1 name: array in the original's shape}."""
+    with weights_to_be_loaded():
+        model = GPT2(hparams, **model_kwargs)
+    for name, variable in model.variables_by_name().items():
+        variable.assign(tf.cast(tf.reshape(as_tensor(weights[name]), variable.shape), variable.dtype))
+    return model
+
+
 def load_model(path, hparams=None, **model_kwargs):
     """Build a GPT2 and load its weights from a model folder, a training run folder, or a prefix.
 

@@ -33,6 +33,7 @@ no TensorFlow; writing TF1 imports TensorFlow, and KerasHub needs keras-hub.
 
 import contextlib
 import dataclasses
+import glob
 import json
 import os
 import re
@@ -48,7 +49,7 @@ from gpt2_tf.encoder import ENDOFTEXT, load_encoder_files
 from gpt2_tf.files import atomic_write
 from gpt2_tf.hparams import HParams, load_hparams, save_hparams
 
-FORMATS = ("tf1", "hf", "keras_hub")
+FORMATS = ("tf1", "hf", "keras_hub", "saved_model")  # saved_model is written, not read
 
 # Hugging Face's names for the tanh approximation of GELU that GPT-2 uses (the same function).
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
@@ -92,6 +93,10 @@ def detect_format(path):
                     os.path.exists(os.path.join(path, "metadata.json")):
                 return "keras_hub"
             return "hf"
+        if glob.glob(os.path.join(path, "saved_model.pb")) or glob.glob(os.path.join(path, "*",
+                                                                                      "saved_model.pb")):
+            raise ConvertError(f"{path} is a TensorFlow SavedModel, which is only written here; convert the "
+                               "model it was made from")
         raise ConvertError(f"{path} is not a model folder: it has no hparams.json (TF1) and no config.json "
                            f"(Hugging Face, KerasHub)")
     if os.path.exists(path + ".index"):
@@ -109,7 +114,9 @@ def read(path, fmt=None):
 
 def write(data, dst, fmt, progress=True):
     """Write a ModelData as a new folder `dst` in one of FORMATS. `dst` must not exist, or be empty."""
-    {"tf1": write_tf1, "hf": write_hf, "keras_hub": write_keras_hub}[fmt](data, dst, progress=progress)
+    writers = {"tf1": write_tf1, "hf": write_hf, "keras_hub": write_keras_hub,
+               "saved_model": write_saved_model}
+    writers[fmt](data, dst, progress=progress)
 
 
 def convert(src, dst, to=None, progress=True):
@@ -162,6 +169,18 @@ def write_tf1(data, dst, progress=True):
             verify_model_dir(folder, data.hparams)
         except BadModelDir as e:
             raise ConvertError(f"not writing {dst}: {e}") from None
+
+
+def write_saved_model(data, dst, progress=True):
+    """A TensorFlow SavedModel that generates text by itself (gpt2_tf/serving.py), in dst/1/ as TF
+    Serving loads it. It cannot be read back here: keep the model it came from."""
+    from gpt2_tf.checkpoint import model_from_weights
+    from gpt2_tf.serving import export
+
+    with new_folder(dst) as folder:
+        say(progress, f"writing {dst} (TensorFlow SavedModel, {data.hparams.n_params() / 1e6:.0f}M "
+                      "parameters)")
+        export(model_from_weights(data.hparams, data.weights), data.encoder, data.merges, folder)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ compiled TensorFlow function, compiled once per shape and reused by later calls.
 Filters, as in the originals: temperature first, then top-k, then top-p (nucleus). Masked logits
 become -1e10. Nucleus sampling keeps the smallest set of most likely tokens whose probability
 reaches p, the token that crosses p included (the nshepperd sampler's definition). Temperature 0
-means greedy decoding.
+means greedy decoding. The settings are Python numbers (a traced function per setting, with what is
+switched off left out) or scalar tensors (one function for all settings, as a SavedModel's signature
+needs: gpt2_tf/serving.py).
 """
 
 import weakref
@@ -29,8 +31,12 @@ def top_k_logits(logits, k, xla=False):
     The k-th largest comes from tf.math.top_k, or, when `xla` (which sorts slowly on a CPU), from a
     bisection: the same value either way.
     """
-    if k == 0:
-        return logits
+    if tf.is_tensor(k):  # the filter runs only when k > 0
+        return tf.cond(k > 0, lambda: _top_k(logits, k, xla), lambda: logits)
+    return logits if k == 0 else _top_k(logits, k, xla)
+
+
+def _top_k(logits, k, xla):
     if not xla:
         kth = tf.math.top_k(logits, tf.minimum(k, tf.shape(logits)[-1])).values[:, -1:]
         return tf.where(logits >= kth, logits, tf.cast(-1e10, logits.dtype))
@@ -48,15 +54,20 @@ def top_p_logits(logits, p):
     Token i is kept when the probability of the tokens ranked above it is below p, so the token that
     crosses p is kept and at least one token always is. p >= 1 or p <= 0 keeps everything.
     """
-    if p >= 1 or p <= 0:
-        return logits
+    if tf.is_tensor(p):  # the filter runs only when 0 < p < 1
+        return tf.cond((p > 0) & (p < 1), lambda: _top_p(logits, p), lambda: logits)
+    return logits if p >= 1 or p <= 0 else _top_p(logits, p)
+
+
+def _top_p(logits, p):
     keys = _order_keys(logits)
     probs = softmax(tf.cast(logits, tf.float32))
     # Keep the keys above t*, the largest t such that the tokens above t hold at least p.
     above = _bisect(lambda t: tf.reduce_sum(tf.where(keys > t, probs, 0.0), axis=-1, keepdims=True) >= p,
                     lo=_wide(tf.reduce_min(keys, axis=-1, keepdims=True)) - 1,
                     hi=_wide(tf.reduce_max(keys, axis=-1, keepdims=True)))
-    return tf.where(keys > above, logits, tf.cast(-1e10, logits.dtype))
+    filtered = tf.where(keys > above, logits, tf.cast(-1e10, logits.dtype))
+    return tf.where((p > 0) & (p < 1), filtered, logits) if tf.is_tensor(p) else filtered
 
 
 def _order_keys(logits):
@@ -100,8 +111,13 @@ def choose(logits, temperature, top_k, top_p, keys, step, xla=False):
     distribution exactly), which needs no sort or cumulative sum. `xla` says the caller compiles
     with XLA (top-k then finds its threshold by bisection).
     """
-    if temperature == 0:
-        return argmax(logits)
+    if tf.is_tensor(temperature):  # drawn only when temperature > 0
+        return tf.cond(temperature > 0, lambda: _draw(logits, temperature, top_k, top_p, keys, step, xla),
+                       lambda: argmax(logits))
+    return argmax(logits) if temperature == 0 else _draw(logits, temperature, top_k, top_p, keys, step, xla)
+
+
+def _draw(logits, temperature, top_k, top_p, keys, step, xla):
     logits = top_p_logits(top_k_logits(logits / temperature, top_k, xla), top_p)
     uniform = uniform_noise(keys, step, tf.shape(logits)[1])
     return argmax(logits - tf.math.log(-tf.math.log(uniform)))
@@ -362,22 +378,30 @@ def _prompt_step(model, padded, lengths, size, keys, step, temperature, top_k, t
 
 
 def _decode_steps(model, tokens, cache, lengths, drawn, n, keys, step, temperature, top_k, top_p, xla,
-                  ragged):
+                  ragged, end=None):
     """Draw n tokens one at a time for every row of tokens [B, S + 1], whose row b holds lengths[b]
     prompt tokens and `drawn` drawn ones.
 
     Each step feeds each row's last known token at its position and writes its keys and values into
-    the cache (in place). Without `ragged` the rows share one position. Returns (tokens, cache).
+    the cache (in place). Without `ragged` the rows share one position. With `end` (a token id), the
+    loop stops early once every row has drawn it (the positions not reached stay 0). Returns (tokens,
+    cache).
     """
 
-    def body(i, tokens, cache):
+    def body(i, tokens, cache, ended):
         positions = lengths + drawn + i - 1  # [B]: each row's last known token, not yet in the cache
         fed = tf.gather(tokens, positions[:, None], batch_dims=1)
         out = model(fed, past=cache, past_length=positions if ragged else positions[0])
         token = choose(out["logits"][:, 0], temperature, top_k, top_p, keys, step + i, xla)
-        return i + 1, _write(tokens, token, positions + 1), out["present"]
+        ended = ended if end is None else ended | (token == end)
+        return i + 1, _write(tokens, token, positions + 1), out["present"], ended
 
-    _, tokens, cache = tf.while_loop(lambda i, *_: i < n, body, (tf.constant(0), tokens, cache))
+    def more(i, tokens, cache, ended):
+        return i < n if end is None else (i < n) & ~tf.reduce_all(ended)
+
+    last = tf.gather(tokens, (lengths + drawn - 1)[:, None], batch_dims=1)[:, 0]  # [B]
+    ended = tf.zeros_like(last, tf.bool) if end is None else last == end
+    _, tokens, cache, _ = tf.while_loop(more, body, (tf.constant(0), tokens, cache, ended))
     return tokens, cache
 
 

@@ -15,7 +15,9 @@ This module does not import TensorFlow.
 """
 
 import contextlib
+import functools
 import os
+import re
 import struct
 import tempfile
 import zipfile
@@ -39,6 +41,9 @@ SPOOL_BYTES = 64 << 20  # a chunk being written is kept in memory up to this siz
 ZIP_STARTS = (b"PK\x03\x04", b"PK\x05\x06")
 NPY_START = b"\x93NUMPY"
 LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # a zip member's local header; the last two: name, extra sizes
+# The .npy header of a 1-D integer array as numpy writes it.
+SIMPLE_HEADER = re.compile(rb"\{'descr': '([<>|][iu][1248])', 'fortran_order': False, "
+                           rb"'shape': \((\d+),\), \} *\n")
 
 
 class DatasetError(ValueError):
@@ -64,7 +69,7 @@ def read_tokens(path, n_vocab=None, bin_dtype="uint16"):
             if not isinstance(array, np.memmap):
                 check_ids(array, n_vocab, path, f"{path}: {name}")
         mapped = [(name, array) for name, array in arrays if isinstance(array, np.memmap)]
-        for name, ids in _edges(mapped) + _edges([(name, a[::-1]) for name, a in reversed(mapped)]):
+        for name, ids in _edges(mapped) + _edges((name, a[::-1]) for name, a in reversed(mapped)):
             check_ids(ids, n_vocab, path, f"{path}: {name}")
     return [array for _, array in arrays]
 
@@ -110,7 +115,21 @@ def _check_npz_start(path):
 
 
 def _read_header(f, name, path):
-    """(dtype, length) from the .npy header at the position of `f`, which is left at the data."""
+    """(dtype, length) from the .npy header at the position of `f`, which is left at the data.
+
+    The header numpy writes for a plain 1-D array is read by a pattern; any other by numpy's parser,
+    which costs 45 microseconds (ast.literal_eval): 7.5 s of opening a 4 GB corpus of 167,000 chunks.
+    """
+    start = f.tell()
+    magic = f.read(len(NPY_START) + 2)
+    if magic[:len(NPY_START)] != NPY_START:
+        raise DatasetError(f"{path}: {name} is not an .npy array")
+    if magic[-2] in (1, 2):
+        size_bytes = 2 if magic[-2] == 1 else 4
+        found = SIMPLE_HEADER.fullmatch(f.read(int.from_bytes(f.read(size_bytes), "little")))
+        if found:
+            return _dtype(found[1]), int(found[2])
+    f.seek(start)
     version = np.lib.format.read_magic(f)
     if version == (1, 0):
         shape, _, dtype = np.lib.format.read_array_header_1_0(f)
@@ -125,11 +144,13 @@ def _read_header(f, name, path):
     return dtype, shape[0]
 
 
+@functools.lru_cache
+def _dtype(descr):
+    return np.dtype(descr.decode())
+
+
 def _read_member(member, name, path):
     """A compressed member, read into memory."""
-    if member.read(len(NPY_START)) != NPY_START:
-        raise DatasetError(f"{path}: {name} is not an .npy array")
-    member.seek(0)
     dtype, length = _read_header(member, name, path)
     array = np.frombuffer(member.read(length * dtype.itemsize), dtype)
     if len(array) != length:
@@ -144,9 +165,6 @@ def _map_member(path, f, whole, info, name):
     if fields[0] != b"PK\x03\x04":
         raise DatasetError(f"{path}: {name}'s zip entry is damaged; write the file again")
     start = info.header_offset + LOCAL_HEADER.size + fields[-2] + fields[-1]
-    f.seek(start)
-    if f.read(len(NPY_START)) != NPY_START:
-        raise DatasetError(f"{path}: {name} is not an .npy array")
     f.seek(start)
     dtype, length = _read_header(f, name, path)
     offset = f.tell()
