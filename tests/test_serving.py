@@ -245,11 +245,18 @@ def test_a_virtual_environment_with_only_tensorflow_serves_it(exported, enc, tmp
     listed = subprocess.run([python, "-m", "pip", "list", "--format", "json"], capture_output=True, text=True)
     names = {p["name"].lower() for p in json.loads(listed.stdout)}
     assert "tensorflow" in names and not names & {"gpt2-tf", "keras-hub", "tensorflow-text", "torch"}
+    # The three signatures on a ragged batch answer as they do in the test above, which checks them
+    # against sample.py and score.py.
     prompts = ["Hello there", "Another prompt, longer than the first one"]
-    result = ask(exported, [("serving_default", {"prompt": prompts, "max_new_tokens": 8, **SETTINGS,
-                                                 "temperature": 0.0})], tmp_path, python=python)
-    (served,) = result["answers"]
-    with_ours = ask(exported, [("serving_default", {"prompt": prompts, "max_new_tokens": 8, **SETTINGS,
-                                                    "temperature": 0.0})], tmp_path)
-    assert served == with_ours["answers"][0]
+    ids, lengths = padded([enc.encode(p) for p in prompts])
+    greedy = {"max_new_tokens": 8, **SETTINGS, "temperature": 0.0}
+    requests = [("serving_default", {"prompt": prompts, **greedy}),
+                ("generate_ids", {"input_ids": ids, "lengths": lengths, **greedy}),
+                ("score", {"input_ids": ids, "lengths": lengths})]
+    alone = ask(exported, requests, tmp_path, python=python)["answers"]
+    here = ask(exported, requests, tmp_path)["answers"]
+    assert alone[:2] == here[:2]
+    np.testing.assert_allclose(alone[2]["log_probs"], here[2]["log_probs"], atol=1e-5)
+    served, generated, _ = alone
     assert [enc.decode(r[:n]) for r, n in zip(served["token_ids"], served["lengths"])] == served["text"]
+    assert generated["token_ids"] == served["token_ids"]
