@@ -2,8 +2,8 @@
 
     from gpt2_tf import load_model, get_encoder, checkpoint
 
-`get_encoder` and the `encoder`, `hparams`, `dataset`, `fast_encoder`, `download`, `bpe`, `files`,
-`cli` and `train_checks` modules do not need TensorFlow; the rest is imported on first use, so that
+`get_encoder` and the `encoder`, `hparams`, `dataset`, `token_files`, `fast_encoder`, `download`, `bpe`,
+`files`, `cli` and `train_checks` modules do not need TensorFlow; the rest is imported on first use, so that
 tools which only tokenize or download start at once.
 """
 

@@ -1,12 +1,27 @@
-"""Checks of how a script refuses bad usage: one line, exit status 2, nothing written, no log lines."""
+"""Checks of how a script refuses bad usage: one line, exit status 2, nothing written, no log lines;
+and of which modules start without TensorFlow."""
 
 import os
 import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # What TensorFlow's, XLA's and absl's own logging writes.
 TF_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] "
                     r"|All log messages before absl|oneDNN custom operations|cuda|rebuild TensorFlow",
                     re.MULTILINE)
+
+
+def frameworks_imported(*modules):
+    """The tensorflow and keras modules that importing `modules` (in a new process) brings in."""
+    code = (f"import sys, {', '.join(modules)}; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
 
 
 def snapshot(folder):

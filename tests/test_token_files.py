@@ -9,6 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from cli_checks import frameworks_imported
 
 from gpt2_tf import dataset, token_files
 from gpt2_tf.dataset import DatasetError, Sampler, encode_dataset, load_dataset
@@ -223,3 +224,7 @@ def test_encode_cli_writes_bin_and_uncompressed_npz(vocab_dir, corpus, tmp_path)
     result = subprocess.run(base + ["--compress", "--no_compress", corpus, str(tmp_path / "c.npz")],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "not allowed with argument" in result.stderr
+
+
+def test_reading_and_writing_token_files_does_not_import_tensorflow():
+    assert frameworks_imported("gpt2_tf.dataset", "gpt2_tf.token_files") == "[]"
