@@ -65,9 +65,15 @@ def restore(model, path):
             problems.append(f"{name} has shape {list(stored[name])}, the model needs {want}")
     if problems:
         raise CheckpointError(f"checkpoint {prefix} does not fit the model: " + "; ".join(problems))
-    for name, variable in wanted.items():  # one tensor at a time, read straight into TensorFlow
-        variable.assign(tf.cast(tf.reshape(read_tensor(prefix, name), variable.shape), variable.dtype))
+    assign(model, lambda name: read_tensor(prefix, name))  # one tensor at a time, straight into TensorFlow
     return prefix
+
+
+def assign(model, tensor):
+    """Set each weight of `model` to tensor(TF1 name), a tensor in the original's shape (reshaped and
+    cast to the weight's)."""
+    for name, variable in model.variables_by_name().items():
+        variable.assign(tf.cast(tf.reshape(tensor(name), variable.shape), variable.dtype))
 
 
 def read_tensor(prefix, name, dtype=tf.float32):
@@ -181,8 +187,7 @@ def model_from_weights(hparams, weights, **model_kwargs):
     """Build a GPT2 with the given weights {TF1 name: array in the original's shape}."""
     with weights_to_be_loaded():
         model = GPT2(hparams, **model_kwargs)
-    for name, variable in model.variables_by_name().items():
-        variable.assign(tf.cast(tf.reshape(as_tensor(weights[name]), variable.shape), variable.dtype))
+    assign(model, lambda name: as_tensor(weights[name]))
     return model
 
 

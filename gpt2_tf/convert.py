@@ -93,8 +93,8 @@ def detect_format(path):
                     os.path.exists(os.path.join(path, "metadata.json")):
                 return "keras_hub"
             return "hf"
-        if glob.glob(os.path.join(path, "saved_model.pb")) or glob.glob(os.path.join(path, "*",
-                                                                                      "saved_model.pb")):
+        if os.path.exists(os.path.join(path, "saved_model.pb")) or glob.glob(os.path.join(path, "*",
+                                                                                           "saved_model.pb")):
             raise ConvertError(f"{path} is a TensorFlow SavedModel, which is only written here; convert the "
                                "model it was made from")
         raise ConvertError(f"{path} is not a model folder: it has no hparams.json (TF1) and no config.json "

@@ -24,6 +24,13 @@ from gpt2_tf.model import softmax
 BUCKET = 64
 
 
+def bucketed(positions, n_ctx):
+    """The cache or prompt length for `positions` model inputs: rounded up to a multiple of BUCKET, at
+    most n_ctx. `positions` is an int or an int32 tensor (then so is the result)."""
+    rounded = -(-positions // BUCKET) * BUCKET
+    return tf.minimum(rounded, n_ctx) if tf.is_tensor(rounded) else min(rounded, n_ctx)
+
+
 def top_k_logits(logits, k, xla=False):
     """Keep the k largest logits of each row, set the rest to -1e10. logits [B, V] -> [B, V].
 
@@ -66,8 +73,7 @@ def _top_p(logits, p):
     above = _bisect(lambda t: tf.reduce_sum(tf.where(keys > t, probs, 0.0), axis=-1, keepdims=True) >= p,
                     lo=_wide(tf.reduce_min(keys, axis=-1, keepdims=True)) - 1,
                     hi=_wide(tf.reduce_max(keys, axis=-1, keepdims=True)))
-    filtered = tf.where(keys > above, logits, tf.cast(-1e10, logits.dtype))
-    return tf.where((p > 0) & (p < 1), filtered, logits) if tf.is_tensor(p) else filtered
+    return tf.where(keys > above, logits, tf.cast(-1e10, logits.dtype))
 
 
 def _order_keys(logits):
@@ -216,10 +222,6 @@ class Generator:
                                                jit_compile=xla, autograph=False)
         return self._functions[key]
 
-    def cache_size(self, positions):
-        """The cache length for `positions` model inputs: rounded up to BUCKET, at most n_ctx."""
-        return min(-(-positions // BUCKET) * BUCKET, self.hparams.n_ctx)
-
     def start(self, prompts, length, temperature=1.0, top_k=0, top_p=1.0, seed=None, rows=None, keys=None,
               step=0):
         """Run the prompts and draw the first new token of each.
@@ -238,8 +240,8 @@ class Generator:
         if lengths.max() + length - 1 > self.hparams.n_ctx or length < 1:
             raise ValueError(f"cannot draw {length} tokens after {lengths.max()}: the model sees at most "
                              f"n_ctx = {self.hparams.n_ctx} positions")
-        size = self.cache_size(int(lengths.max()) + length - 1)
-        padded = np.zeros([len(prompts), min(self.cache_size(int(lengths.max())), size)], np.int32)
+        size = bucketed(int(lengths.max()) + length - 1, self.hparams.n_ctx)
+        padded = np.zeros([len(prompts), bucketed(int(lengths.max()), self.hparams.n_ctx)], np.int32)
         for b, p in enumerate(prompts):
             padded[b, :len(p)] = p
         if keys is None:

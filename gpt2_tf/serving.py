@@ -22,7 +22,7 @@ import os
 import tensorflow as tf
 
 from gpt2_tf.graph_encoder import GraphEncoder
-from gpt2_tf.sample import BUCKET, _decode_steps, _fmix32, _prompt_step
+from gpt2_tf.sample import BUCKET, _decode_steps, _fmix32, _prompt_step, bucketed
 from gpt2_tf.score import next_token_scores
 
 VERSION = "1"  # the subfolder TF Serving loads: <model base path>/<version>/
@@ -93,8 +93,8 @@ def generate_ids(model, eot, input_ids, lengths, max_new_tokens, temperature, to
     with tf.control_dependencies(checks):
         size, width = longest + max_new_tokens - 1, longest
     if xla:
-        size = tf.minimum(-(-size // BUCKET) * BUCKET, n_ctx)
-        width = tf.minimum(-(-longest // BUCKET) * BUCKET, size)
+        size = bucketed(size, n_ctx)
+        width = bucketed(longest, n_ctx)
         input_ids = tf.pad(input_ids, [[0, 0], [0, BUCKET]])
     decode = tf.function(_decode, jit_compile=True, autograph=False) if xla else _decode
     tokens = decode(model, eot, input_ids[:, :width], lengths, size, row_keys(seed, batch), max_new_tokens,
