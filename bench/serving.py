@@ -10,6 +10,7 @@ default on a CPU, and as a TensorFlow graph). Each draws --new tokens after a 16
 
     python bench/serving.py                  # 124M, batch 1
     python bench/serving.py --batch 8
+    python bench/serving.py --inter_op_threads 1   # as TF Serving with --tensorflow_inter_op_parallelism=1
 """
 
 import argparse
@@ -41,7 +42,10 @@ def main():
     parser.add_argument("--new", type=int, default=128, help="new tokens per call")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--vocab_dir", default=DEFAULT_VOCAB)
+    parser.add_argument("--inter_op_threads", type=int, default=0,
+                        help="TensorFlow's threads for independent operations at once (0: its default)")
     args = parser.parse_args()
+    tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
 
     with tempfile.TemporaryDirectory() as work:
         folder = os.path.join(work, "model")
@@ -75,8 +79,9 @@ def main():
     rates = {name: statistics.median(tokens / seconds for seconds, tokens in runs[f])
              for name, f in functions.items()}
     reference = rates["sample.py (XLA, the CPU default)"]
+    threads = args.inter_op_threads or "TensorFlow's default"
     print(f"\n{args.size} shape, batch {args.batch}, {PROMPT}-token prompt, {args.new} new tokens, top_k "
-          f"{TOP_K}; medians of {args.repeats} calls each, in turn\n")
+          f"{TOP_K}, inter-op threads: {threads}; medians of {args.repeats} calls each, in turn\n")
     print("| decoder | tokens/s | vs sample.py |")
     print("| --- | --- | --- |")
     for name, rate in rates.items():

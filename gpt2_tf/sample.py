@@ -385,9 +385,9 @@ def _decode_steps(model, tokens, cache, lengths, drawn, n, keys, step, temperatu
     prompt tokens and `drawn` drawn ones.
 
     Each step feeds each row's last known token at its position and writes its keys and values into
-    the cache (in place). Without `ragged` the rows share one position. With `end` (a token id), the
-    loop stops early once every row has drawn it (the positions not reached stay 0). Returns (tokens,
-    cache).
+    the cache (in place). Without `ragged` the rows share one position. The loop is bounded by n
+    (`maximum_iterations`); with `end` (a token id), it stops early once every row has drawn it (the
+    positions not reached stay 0). Returns (tokens, cache).
     """
 
     def body(i, tokens, cache, ended):
@@ -399,11 +399,12 @@ def _decode_steps(model, tokens, cache, lengths, drawn, n, keys, step, temperatu
         return i + 1, _write(tokens, token, positions + 1), out["present"], ended
 
     def more(i, tokens, cache, ended):
-        return i < n if end is None else (i < n) & ~tf.reduce_all(ended)
+        return ~tf.reduce_all(ended)
 
     last = tf.gather(tokens, (lengths + drawn - 1)[:, None], batch_dims=1)[:, 0]  # [B]
     ended = tf.zeros_like(last, tf.bool) if end is None else last == end
-    _, tokens, cache, _ = tf.while_loop(more, body, (tf.constant(0), tokens, cache, ended))
+    _, tokens, cache, _ = tf.while_loop(more, body, (tf.constant(0), tokens, cache, ended),
+                                        maximum_iterations=n)
     return tokens, cache
 
 
