@@ -1,6 +1,7 @@
 """Helpers shared by the benchmarks: run a command and read its wall time and peak memory from /proc
 (bench/convert.py, bench/cold_start.py); write a model of a released size with random weights in the
-released layout; time functions side by side in one process (bench/lens.py, bench/score.py).
+released layout; time functions side by side in one process (bench/lens.py, bench/score.py); the
+--inter_op_threads flag; print a Markdown table.
 """
 
 import os
@@ -10,6 +11,9 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from gpt2_tf.cli import integer  # noqa: E402  (no TensorFlow)
 
 
 def measure(command, env=None):
@@ -89,3 +93,24 @@ def alternate(functions, repeats):
             result = f()
             runs[f].append((time.perf_counter() - start, result))
     return runs
+
+
+def add_inter_op_flag(parser):
+    """--inter_op_threads N: TensorFlow's threads for independent operations at once (0: its default)."""
+    parser.add_argument("--inter_op_threads", type=integer(0), default=0,
+                        help="TensorFlow's threads for independent operations at once (0: its default)")
+
+
+def set_inter_op_threads(count):
+    """Give TensorFlow `count` inter-op threads (0: its default); call it before TensorFlow's first
+    operation. Returns the words that say so in a table's heading."""
+    import tensorflow as tf  # here, since the benchmarks that only run commands do without it
+
+    tf.config.threading.set_inter_op_parallelism_threads(count)
+    return f"inter-op threads: {count}" if count else "inter-op threads: TensorFlow's default"
+
+
+def print_table(columns, rows):
+    """Print a Markdown table: `columns`, the titles; `rows`, lists of cells (strings)."""
+    for cells in [columns, ["---"] * len(columns), *rows]:
+        print("| " + " | ".join(cells) + " |")

@@ -12,18 +12,20 @@ product that makes the logits. Both side by side, in turn, in one process.
     python bench/graph_overhead.py --inter_op_threads 1
 """
 
-import argparse
 import os
 import statistics
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from gpt2_tf.cli import Parser, integer, quiet_tensorflow  # noqa: E402  (before TensorFlow)
+
+quiet_tensorflow()
+
 import tensorflow as tf  # noqa: E402
 
-from bench.common import alternate  # noqa: E402
+from bench.common import add_inter_op_flag, alternate, print_table, set_inter_op_threads  # noqa: E402
 from gpt2_tf import serving  # noqa: E402
 from gpt2_tf.hparams import HParams  # noqa: E402
 from gpt2_tf.model import GPT2  # noqa: E402
@@ -32,12 +34,11 @@ NEW, PRODUCTS = 256, 20
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--inter_op_threads", type=int, default=0,
-                        help="TensorFlow's threads for independent operations at once (0: its default)")
+    parser = Parser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=integer(1), default=5)
+    add_inter_op_flag(parser)
     args = parser.parse_args()
-    tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+    threads = set_inter_op_threads(args.inter_op_threads)
 
     hp = HParams(n_vocab=512, n_ctx=1024, n_embd=64, n_head=4, n_layer=12)
     model = GPT2(hp)
@@ -68,12 +69,11 @@ def main():
                  "logits of the 124M shape: graph": logits(False),
                  "logits of the 124M shape: XLA": logits(True)}
     runs = alternate(list(functions.values()), args.repeats)
-    threads = args.inter_op_threads or "TensorFlow's default"
-    print(f"\nbatch 1, inter-op threads: {threads}; medians of {args.repeats} calls each, in turn\n")
-    print("| what | ms per token (decoding) or per product (logits) |")
-    print("| --- | --- |")
-    for name, function in functions.items():
-        print(f"| {name} | {1000 * statistics.median(s / n for s, n in runs[function]):.2f} |")
+    print(f"\nbatch 1, {threads}; medians of {args.repeats} calls each, in turn\n")
+    milliseconds = {name: 1000 * statistics.median(s / n for s, n in runs[f])
+                    for name, f in functions.items()}
+    print_table(["what", "ms per token (decoding) or per product (logits)"],
+                [[name, f"{ms:.2f}"] for name, ms in milliseconds.items()])
 
 
 if __name__ == "__main__":

@@ -13,20 +13,22 @@ default on a CPU, and as a TensorFlow graph). Each draws --new tokens after a 16
     python bench/serving.py --inter_op_threads 1   # as TF Serving with --tensorflow_inter_op_parallelism=1
 """
 
-import argparse
 import os
 import statistics
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from gpt2_tf.cli import Parser, integer, quiet_tensorflow  # noqa: E402  (before TensorFlow)
+
+quiet_tensorflow()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from bench.common import alternate, write_random_model  # noqa: E402
+from bench.common import add_inter_op_flag, alternate, print_table, set_inter_op_threads, write_random_model  # noqa: E402
 from gpt2_tf.checkpoint import load_model  # noqa: E402
 from gpt2_tf.convert import convert  # noqa: E402
 from gpt2_tf.sample import Generator  # noqa: E402
@@ -36,16 +38,15 @@ PROMPT, TOP_K = 16, 40
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="124M")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--new", type=int, default=128, help="new tokens per call")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=integer(1), default=5)
     parser.add_argument("--vocab_dir", default=DEFAULT_VOCAB)
-    parser.add_argument("--inter_op_threads", type=int, default=0,
-                        help="TensorFlow's threads for independent operations at once (0: its default)")
+    add_inter_op_flag(parser)
     args = parser.parse_args()
-    tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+    threads = set_inter_op_threads(args.inter_op_threads)
 
     with tempfile.TemporaryDirectory() as work:
         folder = os.path.join(work, "model")
@@ -79,13 +80,10 @@ def main():
     rates = {name: statistics.median(tokens / seconds for seconds, tokens in runs[f])
              for name, f in functions.items()}
     reference = rates["sample.py (XLA, the CPU default)"]
-    threads = args.inter_op_threads or "TensorFlow's default"
     print(f"\n{args.size} shape, batch {args.batch}, {PROMPT}-token prompt, {args.new} new tokens, top_k "
-          f"{TOP_K}, inter-op threads: {threads}; medians of {args.repeats} calls each, in turn\n")
-    print("| decoder | tokens/s | vs sample.py |")
-    print("| --- | --- | --- |")
-    for name, rate in rates.items():
-        print(f"| {name} | {rate:.1f} | {rate / reference:.2f}x |")
+          f"{TOP_K}, {threads}; medians of {args.repeats} calls each, in turn\n")
+    print_table(["decoder", "tokens/s", "vs sample.py"],
+                [[name, f"{rate:.1f}", f"{rate / reference:.2f}x"] for name, rate in rates.items()])
 
 
 if __name__ == "__main__":
