@@ -10,7 +10,7 @@
 import os
 import sys
 
-from gpt2_tf.cli import Parser, UsageError, check_folder_or_new, run_or_exit, start
+from gpt2_tf.cli import Parser, UsageError, check_folder_or_new, run_script
 from gpt2_tf.convert import FORMATS
 
 
@@ -59,11 +59,11 @@ def convert(args, fmt):
 
 
 def main(argv=None):
-    parser = make_parser()
-    args, fmt = start(parser, argv, check_args)
+    from gpt2_tf.bundle import CheckpointError
     from gpt2_tf.convert import ConvertError
 
-    run_or_exit(parser, (ConvertError, ValueError, OSError), "nothing was written", convert, args, fmt)
+    run_script("convert.py", make_parser, check_args, convert, (ConvertError, CheckpointError, ValueError),
+               "nothing was written", argv, tensorflow=lambda args: args.to != "hf")
 
 
 if __name__ == "__main__":

@@ -5,13 +5,12 @@ import os
 import sys
 import urllib.parse
 
-from gpt2_tf.cli import Parser, UsageError, check_folder_or_new, run_or_exit
+from gpt2_tf.cli import Parser, UsageError, check_folder_or_new, run_script
 from gpt2_tf.download import DEFAULT_BASE_URL, DownloadError, check_model_name, download_model
 
 
 def make_parser():
     parser = Parser(
-        prog="download_model.py",
         description="Download a released GPT-2 model and check it. An interrupted download resumes "
                     "when run again.")
     parser.add_argument("model_name", help="124M, 355M, 774M or 1558M (old names 117M and 345M accepted)")
@@ -53,9 +52,9 @@ def check_command(args):
     return name, DEFAULT_BASE_URL
 
 
-def fetch(args):
-    """What download_model.py does."""
-    name, base_url = check_command(args)
+def fetch(args, checked):
+    """What download_model.py does once its flags are checked."""
+    name, base_url = checked
     if args.verbose:
         print(f"Downloading {name} from {base_url.rstrip('/')}/{name}/", file=sys.stderr)
     path = download_model(args.model_name, args.models_dir, base_url, quiet=args.quiet)
@@ -63,10 +62,9 @@ def fetch(args):
         print(f"{path}: complete and checked", file=sys.stderr)
 
 
-def main():
-    parser = make_parser()
-    args = parser.parse_args()
-    run_or_exit(parser, (DownloadError, OSError), "run again to resume", fetch, args)
+def main(argv=None):
+    run_script("download_model.py", make_parser, check_command, fetch, (DownloadError,),
+               "run again to resume", argv, tensorflow=False)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ The .npz file can be given to train.py --dataset instead of the text, which then
 """
 
 import os
+import sys
 
 from gpt2_tf.cli import (
     Parser,
@@ -15,7 +16,7 @@ from gpt2_tf.cli import (
     check_output_file,
     input_files,
     integer,
-    run_or_exit,
+    run_script,
 )
 from gpt2_tf.dataset import DatasetError, default_jobs, encode_dataset
 from gpt2_tf.hparams import missing_model
@@ -23,7 +24,7 @@ from gpt2_tf.token_files import UNCOMPRESSED_FROM, output_name
 
 
 def make_parser():
-    parser = Parser(prog="encode.py", description="Pre-encode text files into tokenized training set.")
+    parser = Parser(description="Pre-encode text files into tokenized training set.")
     parser.add_argument("--model_name", metavar="MODEL", type=str, default="124M",
                         help="model whose tokenizer to use (117M is accepted for 124M)")
     parser.add_argument("--models_dir", metavar="PATH", type=str, default="models",
@@ -58,7 +59,8 @@ def make_parser():
                              "as they are), or nanoGPT's .bin files")
     parser.add_argument("out_npz", metavar="OUT.npz", type=str,
                         help="output file, the last argument: an .npz file (.npz is appended to a name "
-                             "that ends neither .npz nor .bin), or a .bin file of ids as nanoGPT's")
+                             "that ends neither .npz nor .bin), or a .bin file of ids as nanoGPT's; - writes "
+                             "the .npz to standard output")
     return parser
 
 
@@ -75,26 +77,27 @@ def check_command(args):
     if os.path.isdir(args.out_npz):
         raise UsageError(f"the output {args.out_npz} is a folder; the last argument is the .npz file "
                          "to write")
+    if args.out_npz == "-" and sys.stdout.isatty():
+        raise UsageError("the output - is standard output, a terminal here: redirect it to a file")
     files, skipped = input_files(args.in_text, args.encoding, args.verbose)
     check_output_file(output_name(args.out_npz), "the output", args.in_text + files)
     return files, skipped
 
 
-def encode(args):
-    """What encode.py does; returns the summary line."""
-    files, skipped = check_command(args)
-    return encode_dataset(files, args.out_npz, args.model_name, args.models_dir, args.combine, args.encoding,
-                          args.errors, args.literal_endoftext, args.jobs, fast=not args.no_fast,
-                          quiet=args.quiet, skipped=skipped, compress=args.compress,
-                          bin_dtype=args.bin_dtype)
-
-
-def main():
-    parser = make_parser()
-    args = parser.parse_intermixed_args()
-    summary = run_or_exit(parser, (DatasetError, OSError), "nothing was written", encode, args)
+def encode(args, checked):
+    """What encode.py does once its flags are checked."""
+    files, skipped = checked
+    summary = encode_dataset(files, args.out_npz, args.model_name, args.models_dir, args.combine,
+                             args.encoding, args.errors, args.literal_endoftext, args.jobs,
+                             fast=not args.no_fast, quiet=args.quiet, skipped=skipped, compress=args.compress,
+                             bin_dtype=args.bin_dtype)
     if not args.quiet:
-        print(summary)
+        print(summary, file=sys.stderr if args.out_npz == "-" else sys.stdout)
+
+
+def main(argv=None):
+    run_script("encode.py", make_parser, check_command, encode, bad_input=(DatasetError,), argv=argv,
+               intermixed=True, tensorflow=False)
 
 
 if __name__ == "__main__":

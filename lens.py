@@ -8,15 +8,8 @@
 
 import sys
 
-from gpt2_tf.cli import (
-    Parser,
-    UsageError,
-    check_output_file,
-    integer,
-    number,
-    run_or_exit,
-    start,
-)
+from gpt2_tf.bundle import CheckpointError
+from gpt2_tf.cli import Parser, UsageError, check_output_file, integer, number, run_script
 from gpt2_tf.model_flags import add_model_flags, check_model_flags
 
 
@@ -51,10 +44,11 @@ def make_parser():
 
 
 def check_args(args):
-    """Check the flags and files before any work (TensorFlow is not imported yet); raises UsageError."""
+    """Check the flags, the model and the prompt before any work (TensorFlow is not imported yet);
+    returns (the model's files, the encoder, the prompt's tokens, the watched ids). Raises UsageError."""
     if not args.prompt:
         raise UsageError("the prompt is empty: give --prompt some text")
-    check_model_flags(args)
+    files = check_model_flags(args)
     for flag in ("json", "html", "png"):
         if getattr(args, flag):
             check_output_file(getattr(args, flag), f"--{flag}")
@@ -63,16 +57,38 @@ def check_args(args):
             import matplotlib  # noqa: F401
         except ImportError:
             raise UsageError("--png needs matplotlib: pip install matplotlib (or use --html)") from None
+    enc = files.encoder()
+    prompt = enc.encode(args.prompt)
+    n_ctx = files.hparams.n_ctx
+    if len(prompt) + args.generate > n_ctx:
+        raise UsageError(f"the prompt has {len(prompt)} tokens" + (f" and --generate adds {args.generate}"
+                         if args.generate else "") + f": at most n_ctx = {n_ctx} together")
+    if args.position is not None and not 0 <= args.position < len(prompt):
+        raise UsageError(f"--position {args.position} is outside the prompt's {len(prompt)} tokens (0 to "
+                         f"{len(prompt) - 1})")
+    watch_ids = []
+    for text in args.watch:
+        ids = enc.encode(text)
+        if not ids:
+            raise UsageError(f"--watch {text!r} is empty: give the text of a token, e.g. ' is'")
+        if len(ids) > 1:
+            print(f"warning: --watch {text!r} is {len(ids)} tokens; its first, {enc.decode(ids[:1])!r}, is "
+                  "watched", file=sys.stderr)
+        watch_ids.append(ids[0])
+    return files, enc, prompt, watch_ids
 
 
-def main(argv=None):
-    parser = make_parser()
-    args, _ = start(parser, argv, check_args)
-    from gpt2_tf.checkpoint import CheckpointError
+def look(args, checked):
+    """What lens.py does once its flags are checked."""
     from gpt2_tf.lens import run
 
     sys.stdout.reconfigure(errors="replace")  # a console that cannot show a character shows '?'
-    run_or_exit(parser, (CheckpointError, ValueError, OSError), "nothing was written", run, args)
+    return run(args, checked=checked)
+
+
+def main(argv=None):
+    return run_script("lens.py", make_parser, check_args, look, (CheckpointError,), "nothing was written",
+                      argv)
 
 
 if __name__ == "__main__":

@@ -11,16 +11,19 @@
 import os
 import sys
 
+from gpt2_tf.bundle import CheckpointError
 from gpt2_tf.cli import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
+    Interrupted,
     Parser,
     UsageError,
+    add_text_flags,
+    check_encoding,
     check_output_file,
     integer,
     number,
+    run_script,
 )
-from gpt2_tf.model_flags import add_model_flags, check_model_flags
+from gpt2_tf.model_flags import add_model_flags
 
 
 def make_parser():
@@ -38,7 +41,7 @@ def make_parser():
     p.add_argument("--top_p", type=number(low=0, high=1), default=1.0,
                    help="nucleus: keep the most likely tokens up to this probability; 0 or 1: all")
     p.add_argument("--prompt", default=None, help="text to continue")
-    p.add_argument("--prompt_file", default=None, help="file whose text (UTF-8) to continue")
+    p.add_argument("--prompt_file", default=None, help="file whose text to continue (see --encoding)")
     p.add_argument("--prompts", default=None, metavar="FILE",
                    help="many prompts: one per line, or JSON Lines ({\"prompt\": ...}) in a .jsonl file; "
                         "generated --batch_size rows at a time, in the file's order")
@@ -60,12 +63,16 @@ def make_parser():
                    help="weights and cache precision (bfloat16: faster on CPUs that have it)")
     p.add_argument("--compile", choices=["auto", "xla", "graph"], default="auto",
                    help="compile the decoding loop with XLA or as a TensorFlow graph (auto: per device)")
+    add_text_flags(p, "of --prompt_file and --prompts")
     p.add_verbose()
     return p
 
 
 def check_args(args):
-    """Check the flags and files before any work (TensorFlow is not imported yet); raises UsageError."""
+    """Check the flags, the model and the prompts before any work (TensorFlow is not imported yet);
+    returns what prompts.prepare found. Raises UsageError."""
+    from gpt2_tf.prompts import prepare
+
     if args.nsamples == 0 and (args.prompt or args.prompt_file or args.prompts or args.interactive):
         raise UsageError("--nsamples 0 (for ever) is for unconditional samples only")
     given = [flag for flag in ("prompt", "prompt_file", "prompts", "interactive") if getattr(args, flag)]
@@ -73,13 +80,19 @@ def check_args(args):
         raise UsageError(f"give one of --prompt, --prompt_file, --prompts and --interactive, not "
                          f"--{given[0]} and --{given[1]}")
     for flag in ("prompt_file", "prompts"):
-        if getattr(args, flag) is not None and not os.path.isfile(getattr(args, flag)):
-            raise UsageError(f"--{flag} {getattr(args, flag)}: no such file")
+        path = getattr(args, flag)
+        if path is not None and os.path.isdir(path):
+            raise UsageError(f"--{flag} {path} is a folder; give a file")
+        if path is not None and not os.path.isfile(path):
+            raise UsageError(f"--{flag} {path}: no such file")
     if args.window_shift is not None and not args.sliding_window:
         raise UsageError("--window_shift needs --sliding_window")
+    check_encoding(args.encoding)
     if args.output is not None:
         check_output_file(args.output, "--output", [f for f in (args.prompt_file, args.prompts) if f])
-    check_model_flags(args)
+    args.compile = {"auto": None, "xla": True, "graph": False}[args.compile]
+    args.dtype = None if args.dtype == "float32" else args.dtype
+    return prepare(args)
 
 
 def parse_args(argv=None):
@@ -90,39 +103,30 @@ def parse_args(argv=None):
         check_args(args)
     except UsageError as e:
         parser.error(str(e))
-    args.compile = {"auto": None, "xla": True, "graph": False}[args.compile]
-    args.dtype = None if args.dtype == "float32" else args.dtype
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if argv is None:  # run as a program (not called from Python): keep TensorFlow's log lines away
-        from gpt2_tf.cli import quiet_tensorflow
-
-        quiet_tensorflow(args.verbose)
-    from gpt2_tf.checkpoint import CheckpointError
+def generate(args, prepared):
+    """What sample.py does once its flags are checked."""
     from gpt2_tf.files import atomic_write
-    from gpt2_tf.generate import GenerationError, run
+    from gpt2_tf.generate import run
 
     sys.stdout.reconfigure(errors="replace")  # a console that cannot show a character shows '?'
-    try:
-        if args.output:
-            # Written under a temporary name and renamed into place when done or interrupted.
-            with atomic_write(args.output, encoding="utf-8") as out:
-                try:
-                    run(args, out)
-                except KeyboardInterrupt:
-                    pass  # keep what was written
-                else:
-                    return
-            sys.exit(EXIT_INTERRUPTED)
-        run(args)
-    except (CheckpointError, GenerationError, ValueError, OSError) as e:
-        sys.stderr.write(f"sample.py: error: {' '.join(str(e).split())}\n")
-        sys.exit(EXIT_FAILED)
-    except KeyboardInterrupt:
-        sys.exit(EXIT_INTERRUPTED)
+    if not args.output:
+        return run(args, prepared=prepared)
+    # A file is written under a temporary name and renamed into place when done or interrupted.
+    with atomic_write(args.output, encoding="utf-8") as out:
+        try:
+            run(args, out, prepared)
+            return None
+        except KeyboardInterrupt:
+            pass  # keep what was written
+    raise Interrupted(f"interrupted; the samples drawn so far are in {args.output}")
+
+
+def main(argv=None):
+    return run_script("sample.py", make_parser, check_args, generate, (CheckpointError,),
+                      "the samples drawn so far were written", argv)
 
 
 if __name__ == "__main__":

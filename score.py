@@ -9,17 +9,18 @@
 
 import sys
 
+from gpt2_tf.bundle import CheckpointError
 from gpt2_tf.cli import (
     Parser,
     UsageError,
     add_bin_dtype_flag,
     add_text_flags,
     check_encoding,
+    check_fits,
     check_output_file,
     input_files,
     integer,
-    run_or_exit,
-    start,
+    run_script,
 )
 from gpt2_tf.model_flags import add_model_flags, check_model_flags
 
@@ -54,36 +55,46 @@ def make_parser():
 
 
 def check_args(args):
-    """Check the flags and inputs before any work (TensorFlow is not imported yet); returns the input
-    files. Raises UsageError."""
-    check_model_flags(args)
+    """Check the flags, the model and the inputs before any work (TensorFlow is not imported yet);
+    returns (input files, the model's files). Raises UsageError."""
+    model = check_model_flags(args)
     check_encoding(args.encoding)
-    if args.context is not None and args.stride is not None and args.stride > args.context:
-        raise UsageError(f"--stride {args.stride} is more than --context {args.context}; it must be 1 to "
-                         f"{args.context}")
+    n_ctx = model.hparams.n_ctx
+    if args.context is not None and args.context > n_ctx:
+        raise UsageError(f"--context {args.context} is more than the model's n_ctx = {n_ctx}")
+    context = args.context or n_ctx
+    if args.stride is not None and args.stride > context:
+        raise UsageError(f"--stride {args.stride} is more than --context {context}; it must be 1 to "
+                         f"{context}")
     if args.compat == "hf" and (args.tsv or args.html or args.per_line):
         raise UsageError("--compat hf gives Hugging Face's figure for whole files; --tsv, --html and "
                          "--per_line need the exact per-token scores: leave --compat out")
+    check_fits(args.batch_size * context * model.hparams.n_vocab * 4,
+               f"--batch_size {args.batch_size}: the logits of {args.batch_size} windows of {context} tokens")
     files, _ = input_files(args.inputs, args.encoding, args.verbose)
     if not files:
         raise UsageError("no input files found")
     for flag in ("json", "tsv", "html"):
         if getattr(args, flag):
             check_output_file(getattr(args, flag), f"--{flag}", files)
-    return files
+    args.dtype = None if args.dtype == "float32" else args.dtype
+    return files, model
+
+
+def score(args, checked):
+    """What score.py does once its flags are checked."""
+    from gpt2_tf.score_report import run
+
+    files, model = checked
+    sys.stdout.reconfigure(errors="replace")  # a console that cannot show a character shows '?'
+    return run(args, files, model=model)
 
 
 def main(argv=None):
-    parser = make_parser()
-    args, files = start(parser, argv, check_args, intermixed=True)
-    from gpt2_tf.checkpoint import CheckpointError
     from gpt2_tf.dataset import DatasetError
-    from gpt2_tf.score_report import run
 
-    sys.stdout.reconfigure(errors="replace")  # a console that cannot show a character shows '?'
-    args.dtype = None if args.dtype == "float32" else args.dtype
-    errors = (CheckpointError, DatasetError, ValueError, OSError)
-    run_or_exit(parser, errors, "nothing was written", run, args, files)
+    return run_script("score.py", make_parser, check_args, score, (CheckpointError,), "nothing was written",
+                      argv, intermixed=True, bad_input=(DatasetError,))
 
 
 if __name__ == "__main__":

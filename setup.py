@@ -25,7 +25,7 @@ setup(
                  "torch", "transformers", "keras-hub", "safetensors"],
         "fast": ["tiktoken"],  # encode.py about 6x faster, same tokens (docs/encode.md)
         "lens": ["matplotlib"],  # lens.py --png only
-        "keras_hub": ["keras-hub"],  # convert.py --to keras_hub, and reading KerasHub presets
+        "keras-hub": ["keras-hub"],  # convert.py --to keras_hub, and reading KerasHub presets
     },
     entry_points={
         "console_scripts": [

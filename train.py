@@ -11,23 +11,15 @@ Checkpoints go to checkpoint/<run_name>/model-<step>, samples to samples/<run_na
 
 import sys
 
-from gpt2_tf.cli import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    Parser,
-    UsageError,
-    add_bin_dtype_flag,
-    add_text_flags,
-    integer,
-    number,
-)
+from gpt2_tf.bundle import CheckpointError
+from gpt2_tf.cli import Parser, add_bin_dtype_flag, add_text_flags, default, integer, number, run_script
 
 COUNT = integer(0)
 POSITIVE = integer(1)
 
 
 def make_parser():
-    p = Parser(prog="train.py", description="Fine-tune GPT-2 on your custom dataset.")
+    p = Parser(description="Fine-tune GPT-2 on your custom dataset.")
     add = p.add_argument
     add("--dataset", metavar="PATH", required=True,
         help="training data: a text file, a folder, a glob pattern, .npz files from encode.py (memory-mapped "
@@ -45,7 +37,8 @@ def make_parser():
 
     add("--batch_size", metavar="SIZE", type=POSITIVE, default=1,
         help="windows per update (the global batch, split across devices); also samples per batch")
-    add("--learning_rate", metavar="LR", type=number(above=0), default=0.00002, help="constant learning rate")
+    add("--learning_rate", metavar="LR", type=number(above=0), default=default(0.00002),
+        help="constant learning rate (a resumed run keeps its own, unless given)")
     add("--accumulate_gradients", metavar="N", type=POSITIVE, default=1,
         help="average the gradients of N batches per update (N x batch_size windows per update)")
     add("--memory_saving_gradients", action="store_true",
@@ -55,9 +48,9 @@ def make_parser():
         help="accepted for compatibility (bytes, or with K/M/G suffix); recomputation is per block")
     add("--only_train_transformer_layers", action="store_true",
         help="train only the transformer blocks (not wte, wpe, ln_f)")
-    add("--optimizer", default="adam", choices=["adam", "sgd", "adafactor", "adamw"],
+    add("--optimizer", default=default("adam"), choices=["adam", "sgd", "adafactor", "adamw"],
         help="adafactor and sgd need less memory than adam; adamw (with --weight_decay) is for "
-             "training from scratch")
+             "training from scratch (a resumed run keeps its own optimizer and schedule, unless given)")
     add("--noise", type=number(low=0, high=1), default=0.0,
         help="replace each input token by a random one with this probability (labels stay clean)")
     add("--mixed_precision", choices=["bf16", "fp16"], default=None,
@@ -81,8 +74,9 @@ def make_parser():
     for key in ("n_ctx", "n_embd", "n_head", "n_layer"):
         scratch.add_argument(f"--{key}", type=POSITIVE, default=None,
                              help=f"with --init scratch: override {key} of hparams.json")
-    scratch.add_argument("--weight_decay", type=number(low=0), default=0.1, help="for --optimizer adamw")
-    scratch.add_argument("--warmup_steps", metavar="N", type=COUNT, default=0,
+    scratch.add_argument("--weight_decay", type=number(low=0), default=default(0.1),
+                         help="for --optimizer adamw")
+    scratch.add_argument("--warmup_steps", metavar="N", type=COUNT, default=default(0),
                          help="raise the learning rate linearly over the first N updates")
     scratch.add_argument("--min_lr", metavar="LR", type=number(low=0), default=None,
                          help="decay the learning rate to LR along a cosine, reaching it at update "
@@ -127,31 +121,26 @@ def parse_args(argv=None):
     return make_parser().parse_args(argv)
 
 
-def main(argv=None):
-    parser = make_parser()
-    args = parser.parse_args(argv)
+def check_args(args):
     from gpt2_tf.train_checks import check_args
 
-    try:
-        checked = check_args(args)  # before TensorFlow is imported: bad usage is told at once
-    except UsageError as e:
-        parser.error(str(e))
-    if argv is None:  # run as a program (not called from Python): keep TensorFlow's log lines away
-        from gpt2_tf.cli import quiet_tensorflow
+    return check_args(args)  # before TensorFlow is imported: bad usage is told at once
 
-        quiet_tensorflow(args.verbose)
-    from gpt2_tf.train import TrainingError, run
+
+def train(args, checked):
+    from gpt2_tf.train import run
 
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")  # a console that cannot show a character shows '?'
-    try:
-        run(args, checked)
-    except UsageError as e:
-        parser.error(str(e))
-    except TrainingError as e:
-        parser.exit(EXIT_FAILED, f"{parser.prog}: error: {e}\n")
-    except KeyboardInterrupt:
-        sys.exit(EXIT_INTERRUPTED)
+    return run(args, checked)
+
+
+def main(argv=None):
+    from gpt2_tf.dataset import DatasetError
+    from gpt2_tf.train_checks import TrainingError
+
+    return run_script("train.py", make_parser, check_args, train, (CheckpointError, TrainingError),
+                      "the newest checkpoint of the run stays as it was", argv, bad_input=(DatasetError,))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from gpt2_tf.dataset import PIECE_SIZE, DatasetError, check_decoding, list_inputs, read_text, text_work
 from gpt2_tf.encoder import ENDOFTEXT, PAT, bytes_to_unicode
 from gpt2_tf.fast_encoder import Splitter
-from gpt2_tf.files import atomic_write, nearest_existing
+from gpt2_tf.files import atomic_write, nearest_existing, unwritable
 from gpt2_tf.hparams import HParams, save_hparams
 
 VERSION_LINE = "#version: 0.2"
@@ -194,21 +194,27 @@ def save_vocabulary(directory, encoder, merges):
     _write_atomic(os.path.join(directory, "vocab.bpe"), ("\n".join(lines) + "\n").encode("utf-8"))
 
 
-def check_output_folder(out):
-    """Raise DatasetError now, before the training, if the folder `out` cannot be made or written."""
+def check_output_folder(out, force=False):
+    """Raise DatasetError now, before the training, if the folder `out` cannot be made or written, or
+    already holds a vocabulary (datasets encoded with it would no longer match it) and not `force`."""
     if os.path.exists(os.path.join(out, "checkpoint")):
         raise DatasetError(f"{out} holds a trained model (it has a checkpoint); choose a new folder")
+    held = [name for name in ("encoder.json", "vocab.bpe") if os.path.exists(os.path.join(out, name))]
+    if held and not force:
+        raise DatasetError(f"{out} already holds a vocabulary ({held[0]}): datasets encoded with it would no "
+                           "longer match; choose a new folder, or pass --force to replace it")
     existing = nearest_existing(out)
     if existing == os.path.abspath(out) and not os.path.isdir(existing):
         raise DatasetError(f"{out} is a file, not a folder; give a folder to write the vocabulary into")
     if not os.path.isdir(existing):
         raise DatasetError(f"cannot write to {out}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise DatasetError(f"cannot write to {out}: permission denied for {existing}")
+    problem = unwritable(existing)
+    if problem:
+        raise DatasetError(f"cannot write to {out}: {problem}")
 
 
 def train_bpe(corpus, out, vocab_size, min_frequency=2, encoding="utf-8", errors="strict", hparams=None,
-              progress=True, skipped=()):
+              progress=True, skipped=(), force=False):
     """What train_bpe.py does: learn a vocabulary from text files and write it into the folder `out`.
 
     Args:
@@ -223,6 +229,7 @@ def train_bpe(corpus, out, vocab_size, min_frequency=2, encoding="utf-8", errors
         progress: show progress bars on stderr.
         skipped: files the caller's own listing left out as not text, to be counted with those left
             out here.
+        force: replace a vocabulary that `out` already holds (refused otherwise).
 
     Returns a one-line summary. Problems with the input, output or arguments raise DatasetError with a
     one-line message.
@@ -240,7 +247,7 @@ def train_bpe(corpus, out, vocab_size, min_frequency=2, encoding="utf-8", errors
     check_decoding(encoding, errors)
     skipped = list(skipped)
     paths = list_inputs(corpus, encoding, skipped)
-    check_output_folder(out)
+    check_output_folder(out, force)
 
     counts = count_files(paths, encoding, errors, progress)
     if not counts:

@@ -16,16 +16,31 @@ The value of each key is a serialized `BundleEntryProto` (dtype = 1, shape = 2, 
 offset = 4, size = 5, crc32c = 6); the empty key holds the `BundleHeaderProto` and is skipped.
 """
 
+import json
 import os
 import struct
 
 import numpy as np
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be found, is damaged, or does not fit the model."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A checkpoint whose tensors are not those of the model it is loaded into (another shape)."""
+
+
+class Unsupported(ValueError):
+    """An index this reader does not handle (several shards, compressed blocks); TensorFlow may."""
+
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48
 
 DT_FLOAT = 1  # TensorFlow's DataType number of float32
 DATA_SUFFIX = ".data-00000-of-00001"
+TRAIN_SUFFIX = ".train"  # the folder beside a training checkpoint that holds what resuming needs
 
 
 def _varint(data, pos):
@@ -72,7 +87,7 @@ def _read_block(data, handle):
     if offset + size + 5 > len(data):
         raise ValueError("block extends past the end of the file")
     if data[offset + size] != 0:
-        raise ValueError("compressed blocks are not supported")
+        raise Unsupported("compressed blocks are not supported")
     return data[offset:offset + size]
 
 
@@ -102,7 +117,7 @@ def _bundle_entry(value):
     """(dtype, shape, shard_id, offset, size) from a serialized BundleEntryProto."""
     fields = _proto_fields(value)
     if 7 in fields:
-        raise ValueError("sliced (partitioned) tensors are not supported")
+        raise Unsupported("sliced (partitioned) tensors are not supported")
     shape_fields = _proto_fields(fields.get(2, [b""])[-1])
     if 3 in shape_fields and shape_fields[3][-1]:
         raise ValueError("tensor of unknown rank")
@@ -147,8 +162,10 @@ def read_bundle_index(path):
                     continue  # the BundleHeaderProto
                 dtype, shape, shard_id, offset_in_data, size_in_data = _bundle_entry(value)
                 if shard_id != 0:
-                    raise ValueError("multi-shard checkpoints are not supported")
+                    raise Unsupported("multi-shard checkpoints are not supported")
                 tensors[key.decode("utf-8")] = (dtype, shape, offset_in_data, size_in_data)
+    except Unsupported as e:
+        raise Unsupported(f"{path}: {e}") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: corrupt checkpoint index ({e})") from None
     return tensors
@@ -191,6 +208,45 @@ def latest_prefix(path):
                      f"with {os.path.basename(path)}.index")
 
 
+def damage(prefix):
+    """Why checkpoint `prefix` cannot be read whole (None when its files are complete): an index that
+    is not one, a data file that is missing or shorter than the index says (a copy or download cut
+    short). Layouts this reader does not handle are left to TensorFlow (None). Reads only the index."""
+    try:
+        entries = read_bundle_index(prefix + ".index")
+    except Unsupported:
+        return None
+    except OSError as e:
+        return f"cannot read {prefix}.index: {e.strerror}"
+    except ValueError as e:
+        return str(e)
+    data_path = prefix + DATA_SUFFIX
+    if not entries:
+        return None
+    if not os.path.exists(data_path):
+        return f"{data_path} is missing"
+    size = os.path.getsize(data_path)
+    for name, (_, _, offset, nbytes) in sorted(entries.items(), key=lambda item: item[1][2]):
+        if offset + nbytes > size:
+            return f"{data_path}: tensor {name} does not fit the file (truncated?)"
+    return None
+
+
+def check_intact(prefix):
+    """Raise CheckpointError when checkpoint `prefix` is damaged (`damage`), naming the newest intact
+    checkpoint of its folder, when there is one, to use instead."""
+    problem = damage(prefix)
+    if problem is None:
+        return
+    folder, name = os.path.split(prefix)
+    older = [n for n in read_state_file(folder or ".") if n != name]
+    intact = next((os.path.join(folder, n) for n in reversed(older)
+                   if os.path.exists(os.path.join(folder, n) + ".index") and damage(os.path.join(folder, n))
+                   is None), None)
+    hint = f"; the newest intact checkpoint of {folder} is {intact}" if intact else ""
+    raise CheckpointError(f"checkpoint {prefix} is damaged: {problem}{hint}")
+
+
 def read_bundle(prefix, names):
     """Tensors `names` of a single-shard checkpoint, as float32 arrays memory-mapped from its data file:
     {name: array}. Nothing is read until an array is used, so a checkpoint of any size opens at once;
@@ -212,3 +268,20 @@ def read_bundle(prefix, names):
             raise ValueError(f"{data_path}: tensor {name} does not fit the file (truncated?)")
         tensors[name] = data[offset:offset + nbytes].view(np.float32).reshape(shape)
     return tensors
+
+
+def read_train_state(prefix):
+    """The state.json that train.py keeps beside checkpoint `prefix` (in `<prefix>.train/`), as a dict,
+    or None when there is none (a released model, a checkpoint of the original trainer). Raises
+    CheckpointError when it is there but cannot be read."""
+    path = os.path.join(prefix + TRAIN_SUFFIX, "state.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {prefix} is damaged: {path} cannot be read ({e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"checkpoint {prefix} is damaged: {path} is not a training state")
+    return state

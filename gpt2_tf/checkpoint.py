@@ -6,20 +6,18 @@ A folder's `checkpoint` state file names its newest prefix. OpenAI's released mo
 trainer, and this package all use this format, so each can read the others' files.
 """
 
+import contextlib
 import os
+import re
 import tempfile
 
 import numpy as np
 import tensorflow as tf
 
-from gpt2_tf.bundle import latest_prefix, read_state_file
+from gpt2_tf.bundle import CheckpointError, CheckpointMismatch, check_intact, latest_prefix, read_state_file
 from gpt2_tf.files import atomic_write
 from gpt2_tf.hparams import load_hparams
 from gpt2_tf.model import GPT2, weights_to_be_loaded
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be found or does not fit the model."""
 
 
 def latest(path):
@@ -35,19 +33,23 @@ def latest(path):
 
 def read(path):
     """All tensors of a checkpoint (folder or prefix), as {name: numpy array}."""
-    reader = tf.train.load_checkpoint(latest(path))
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+    prefix = latest(path)
+    check_intact(prefix)
+    reader = tf.train.load_checkpoint(prefix)
+    with readable(prefix):
+        return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
 
 
 def restore(model, path):
     """Load every weight of `model` from a checkpoint (folder or prefix), by TF1 name.
 
     Every tensor must be there with the original's shape (the Conv1D weights [1, nx, nf], which the
-    model keeps as [nx, nf]), and the checkpoint must hold nothing else;
-    otherwise one CheckpointError names all the differences and the model is left unchanged.
-    Returns the prefix that was read.
+    model keeps as [nx, nf]), and the checkpoint must hold nothing else; otherwise one CheckpointError
+    says how the two differ and the model is left unchanged. A damaged checkpoint (cut short, or
+    failing TensorFlow's checksums) is a CheckpointError too. Returns the prefix that was read.
     """
     prefix = latest(path)
+    check_intact(prefix)
     reader = tf.train.load_checkpoint(prefix)
     stored = reader.get_variable_to_shape_map()
     wanted = model.variables_by_name()
@@ -64,9 +66,42 @@ def restore(model, path):
         if list(stored[name]) != want:
             problems.append(f"{name} has shape {list(stored[name])}, the model needs {want}")
     if problems:
-        raise CheckpointError(f"checkpoint {prefix} does not fit the model: " + "; ".join(problems))
-    assign(model, lambda name: read_tensor(prefix, name))  # one tensor at a time, straight into TensorFlow
+        shape, hp = stored_shape(stored), model.hparams
+        wanted = model_shape(hp.n_layer, hp.n_embd, hp.n_ctx, hp.n_vocab)
+        if shape and shape != wanted:
+            raise CheckpointMismatch(f"checkpoint {prefix} does not fit the model: the checkpoint is "
+                                     f"{shape}, the model {wanted}")
+        more = f" (and {len(problems) - 3} more differences)" if len(problems) > 3 else ""
+        raise CheckpointMismatch(f"checkpoint {prefix} does not fit the model: " + "; ".join(problems[:3])
+                                 + more)
+    with readable(prefix):
+        assign(model, lambda name: read_tensor(prefix, name))  # a tensor at a time, straight into TensorFlow
     return prefix
+
+
+def model_shape(n_layer, n_embd, n_ctx, n_vocab):
+    """A model's shape in a few words: "2 layers x 64, n_ctx 128, n_vocab 50257"."""
+    return f"{n_layer} layers x {n_embd}, n_ctx {n_ctx}, n_vocab {n_vocab}"
+
+
+def stored_shape(shapes):
+    """`model_shape` of a checkpoint's {name: shape}, or None when it is not a GPT-2 checkpoint."""
+    if len(shapes.get("model/wte", ())) != 2 or len(shapes.get("model/wpe", ())) != 2:
+        return None
+    layers = {name.split("/")[1] for name in shapes if re.match(r"model/h\d+/", name)}
+    (n_vocab, n_embd), (n_ctx, _) = shapes["model/wte"], shapes["model/wpe"]
+    return model_shape(len(layers), n_embd, n_ctx, n_vocab)
+
+
+@contextlib.contextmanager
+def readable(prefix):
+    """TensorFlow's errors while reading checkpoint `prefix` (a failed checksum, a short read) as one
+    CheckpointError line."""
+    try:
+        yield
+    except tf.errors.OpError as e:
+        reason = e.message.strip().splitlines()[0] if e.message.strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {prefix} is damaged: {reason}") from None
 
 
 def assign(model, tensor):
@@ -170,17 +205,29 @@ def as_tensor(value):
     return tf.convert_to_tensor(value)
 
 
-def update_state_file(folder, name, max_to_keep=None):
-    """Make `name` the newest entry of `folder/checkpoint`, atomically; returns the names dropped."""
-    names = [n for n in read_state_file(folder) if n != name] + [name]
+def update_state_file(folder, name, max_to_keep=None, earlier=True):
+    """Make `name` the newest entry of `folder/checkpoint`, atomically; returns the names dropped.
+    Without `earlier`, it becomes the only entry (the others are dropped from the list, not returned)."""
+    names = [n for n in read_state_file(folder) if n != name and earlier] + [name]
     dropped = []
     if max_to_keep is not None and len(names) > max_to_keep:
         dropped, names = names[:-max_to_keep], names[-max_to_keep:]
-    text = f'model_checkpoint_path: "{name}"\n'
-    text += "".join(f'all_model_checkpoint_paths: "{n}"\n' for n in names)
-    with atomic_write(os.path.join(folder, "checkpoint"), encoding="utf-8") as f:
-        f.write(text)
+    write_state_file(folder, names)
     return [n for n in dropped if os.path.basename(n) == n]
+
+
+def write_state_file(folder, names):
+    """Write `folder/checkpoint` listing `names` (oldest first; the last is the newest), atomically, in
+    TensorFlow's text format; with no names, the file is removed."""
+    path = os.path.join(folder, "checkpoint")
+    if not names:
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    text = f'model_checkpoint_path: "{names[-1]}"\n'
+    text += "".join(f'all_model_checkpoint_paths: "{n}"\n' for n in names)
+    with atomic_write(path, encoding="utf-8") as f:
+        f.write(text)
 
 
 def model_from_weights(hparams, weights, **model_kwargs):

@@ -1,26 +1,56 @@
 """What the command-line scripts share: their parser, the checks of flag values, quiet TensorFlow, and
-turning failures into the one-line errors users see. This module does not import TensorFlow.
+`run_script`, which runs a script and turns each way it can end into the exit status and one-line message
+users see. This module does not import TensorFlow.
 
-Exit statuses, the same for every script: 0 done, 1 failed while working (a download, a damaged file,
-a training run that diverged), 2 bad usage (a flag value, a path or a model that is not there; found
-before any work starts), 130 interrupted (Ctrl-C).
+Exit statuses, the same for every script:
+
+    0    done
+    1    failed while working: a download, a damaged checkpoint, a write that failed (a full disk), a
+         training run that diverged
+    2    bad usage or bad input, found before any work where it can be: a flag value, a path, a model
+         or run that is not there, a prompt that does not fit the model, an input file that is not
+         text in --encoding or holds none
+    130  interrupted by Ctrl-C (SIGINT); what was saved stays valid, and the message says what it is
+    143  stopped by SIGTERM, the same way
+    141  the reader of the output went away (`... | head`): nothing more is written, quietly
 """
 
 import argparse
+import contextlib
 import logging
 import math
 import os
 import re
+import signal
 import sys
 import threading
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+INT32_MAX = 2**31 - 1
+
+
+def exit_status(signum):
+    """The status of a run stopped by signal `signum`, as shells report it: 128 + the signal's number
+    (130 for SIGINT, 143 for SIGTERM)."""
+    return 128 + int(signum)
+
+
+EXIT_INTERRUPTED = exit_status(signal.SIGINT)
 
 
 class UsageError(Exception):
     """The command as given cannot run: reported as `<prog>: error: <message>`, exit status 2."""
+
+
+class Interrupted(Exception):
+    """The work stopped at a signal after keeping what it had done. Reported as `<prog>: <message>`,
+    with the signal's exit status."""
+
+    def __init__(self, message, signum=signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -48,8 +78,32 @@ class Parser(argparse.ArgumentParser):
         self.add_argument("--verbose", action="store_true", help=help)
 
 
-def integer(low=None, high=None):
-    """An argparse type: an integer from `low` to `high`."""
+class _DefaultStr(str):
+    pass
+
+
+class _DefaultInt(int):
+    pass
+
+
+class _DefaultFloat(float):
+    pass
+
+
+def default(value):
+    """A flag's default value, marked so that `is_given` tells it from the same value given on the
+    command line (it equals and prints as the value itself)."""
+    return {str: _DefaultStr, int: _DefaultInt, float: _DefaultFloat}[type(value)](value)
+
+
+def is_given(value):
+    """Whether a flag's value was given on the command line (not None and not a `default`)."""
+    return value is not None and not isinstance(value, (_DefaultStr, _DefaultInt, _DefaultFloat))
+
+
+def integer(low=None, high=INT32_MAX):
+    """An argparse type: an integer from `low` to `high` (by default at most 2**31 - 1, the largest
+    count TensorFlow's int32 tensors hold)."""
 
     def parse(text):
         try:
@@ -86,34 +140,34 @@ def number(low=None, high=None, above=None, below=None):
 
 
 def check_output_file(path, flag="the output", inputs=()):
-    """Raise UsageError unless a file can be written at `path`: its folder exists, it is not a folder,
-    and it is none of `inputs`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise UsageError(f"{flag} {path} is a folder; give a file name")
-    if not os.path.isdir(folder):
-        raise UsageError(f"cannot write {path}: folder {os.path.dirname(path) or '.'} does not exist")
+    """Raise UsageError unless a file can be written at `path` (`-` is standard output): its folder
+    exists and can be written in, it is not a folder, and it is none of `inputs`."""
+    from gpt2_tf.files import write_problem
+
+    problem = write_problem(path)
+    if problem:
+        raise UsageError(f"{flag}: {problem}")
     for name in inputs:
         if os.path.exists(name) and os.path.exists(path) and os.path.samefile(name, path):
             raise UsageError(f"{flag} {path} is also an input; give another output file")
 
 
 def check_folder_or_new(path, flag):
-    """Raise UsageError when no folder can be at `path`: it, or a folder above it, is a file. A folder
-    that does not exist yet is fine (it will be created)."""
-    from gpt2_tf.files import blocking_file
+    """Raise UsageError when no folder can be written at `path`: it, or a folder above it, is a file,
+    or the nearest folder that exists cannot be written in. A folder that does not exist yet is fine
+    (it will be created)."""
+    from gpt2_tf.files import folder_problem
 
-    blocking = blocking_file(path)
-    if blocking == os.path.abspath(path):
-        raise UsageError(f"{flag} {path} is a file, not a folder")
-    if blocking:
-        raise UsageError(f"{flag} {path}: {blocking} is a file, not a folder")
+    problem = folder_problem(path)
+    if problem:
+        raise UsageError(f"{flag} {path}: {problem}" if not problem.startswith(path) else f"{flag} {problem}")
 
 
 def input_files(inputs, encoding, verbose=False):
     """The files of a script's inputs (files, folders, glob patterns): (files, how many were skipped as
     not text). A missing input is a UsageError; with `verbose`, each skipped file is named on stderr."""
     from gpt2_tf.dataset import DatasetError, list_inputs
+    from gpt2_tf.token_files import is_token_file
 
     skipped = []
     try:
@@ -122,13 +176,15 @@ def input_files(inputs, encoding, verbose=False):
         raise UsageError(str(e)) from None
     if verbose:
         for path in skipped:
-            print(f"skipped {path}: not text (it holds NUL bytes)", file=sys.stderr)
+            reason = "not the token file its name says" if is_token_file(path) else \
+                "not text (it holds NUL bytes)"
+            print(f"skipped {path}: {reason}", file=sys.stderr)
     return files, skipped
 
 
-def add_text_flags(parser):
+def add_text_flags(parser, what="of the input files"):
     """--encoding and --errors, for scripts that read text files (args.encoding, args.errors)."""
-    parser.add_argument("--encoding", type=str, default="utf-8", help="text encoding of the input files")
+    parser.add_argument("--encoding", type=str, default="utf-8", help=f"text encoding {what}")
     parser.add_argument("--errors", choices=["strict", "replace"], default="strict",
                         help="what to do with bytes that are not valid in --encoding: stop with an error, "
                              "or replace them with U+FFFD")
@@ -142,6 +198,28 @@ def add_bin_dtype_flag(parser):
                         help="the type of the token ids in .bin files (nanoGPT's flat files are uint16)")
 
 
+def available_memory():
+    """Bytes of memory available to a new process (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(needed, what):
+    """Raise UsageError when `needed` bytes, which `what` (flags and their values, in words) takes at
+    the least, are more than the machine's memory: a value too large to be used."""
+    available = available_memory()
+    if available is not None and needed > available:
+        gib = 1 << 30
+        raise UsageError(f"{what}: at least {needed / gib:,.1f} GiB of memory, more than the "
+                         f"{available / gib:.1f} GiB available; give smaller values")
+
+
 def check_encoding(encoding):
     """Raise UsageError for a name that is not a text encoding Python knows."""
     from gpt2_tf.dataset import DatasetError, check_decoding
@@ -152,34 +230,108 @@ def check_encoding(encoding):
         raise UsageError(str(e)) from None
 
 
-def start(parser, argv, check, intermixed=False):
-    """(args, check(args)): the parsed flags, checked before any work. A UsageError from check is one
-    line and exit status 2. When the script runs as a program (argv None, not called from Python),
-    TensorFlow's log lines are kept away (`quiet_tensorflow`) unless --verbose."""
-    args = parser.parse_intermixed_args(argv) if intermixed else parser.parse_args(argv)
-    try:
-        checked = check(args)
-    except UsageError as e:
-        parser.error(str(e))
-    if argv is None:
-        quiet_tensorflow(args.verbose)
-    return args, checked
+def run_script(script, make_parser, check, work, errors=(), interrupted="nothing was written", argv=None,
+               intermixed=False, tensorflow=True, bad_input=()):
+    """Run a script: parse and check its flags, then `work(args, check(args))`; exits with the status
+    of how it ended (see the table above), with one line on stderr for anything but success.
 
-
-def run_or_exit(parser, errors, interrupted, work, *args, **kwargs):
-    """Return work(*args, **kwargs), turning failures into one line on stderr and an exit status.
-
-    UsageError exits 2 and one of `errors` exits 1, as `<prog>: error: <message>`; Ctrl-C exits 130
-    with `<prog>: interrupted; <interrupted>`.
+    `script`: the script's file name, used in messages when called from Python (as a program, the
+    name it was run by). `check(args)` raises UsageError for bad usage, before TensorFlow is imported.
+    `tensorflow` (a bool, or a function of args): whether the work needs TensorFlow, which is then
+    imported before the work starts, so that Ctrl-C during the import is an interruption like any
+    other. One of `errors` raised by the work exits 1, one of `bad_input` (an input file that is not
+    what it should be, found while reading it) exits 2; `interrupted` says what Ctrl-C leaves.
+    Returns what `work` returned (for callers from Python).
     """
+    parser = make_parser()
+    parser.prog = os.path.basename(sys.argv[0]) if argv is None else script
+    with _interruptible_start(parser.prog):
+        args = parser.parse_intermixed_args(argv) if intermixed else parser.parse_args(argv)
+        try:
+            checked = check(args)
+        except (UsageError, *bad_input) as e:
+            parser.error(" ".join(str(e).split()))
+        except errors as e:  # a damaged file found by the checks
+            parser.exit(EXIT_FAILED, f"{parser.prog}: error: {' '.join(describe(e).split())}\n")
+        if argv is None:  # run as a program: keep TensorFlow's log lines away unless --verbose
+            quiet_tensorflow(getattr(args, "verbose", False))
+        if tensorflow(args) if callable(tensorflow) else tensorflow:
+            import tensorflow  # noqa: F401  (here, where Ctrl-C exits at once)
+    from gpt2_tf.files import WriteError
+
+    def fail(status, message):
+        parser.exit(status, f"{parser.prog}: {' '.join(str(message).split())}\n")
+
     try:
-        return work(*args, **kwargs)
+        return work(args, checked)
     except KeyboardInterrupt:
-        parser.exit(EXIT_INTERRUPTED, f"{parser.prog}: interrupted; {interrupted}\n")
-    except UsageError as e:
-        parser.exit(EXIT_USAGE, f"{parser.prog}: error: {' '.join(str(e).split())}\n")
-    except errors as e:
-        parser.exit(EXIT_FAILED, f"{parser.prog}: error: {' '.join(str(e).split())}\n")
+        fail(EXIT_INTERRUPTED, f"interrupted; {interrupted}")
+    except Interrupted as e:
+        fail(exit_status(e.signum), e)
+    except (UsageError, *bad_input) as e:
+        fail(EXIT_USAGE, f"error: {e}")
+    except BrokenPipeError:
+        _silence_stdout()
+        sys.exit(EXIT_BROKEN_PIPE)
+    except (WriteError, MemoryError, *errors) as e:
+        fail(EXIT_FAILED, f"error: {describe(e)}")
+    except Exception as e:
+        if not type(e).__module__.startswith("tensorflow") or not hasattr(e, "message"):
+            raise
+        fail(EXIT_FAILED, f"error: {describe(e)}")
+
+
+def describe(error):
+    """An exception as the one line users see: an OSError as `<file>: <reason>`, a TensorFlow error as
+    its reason alone."""
+    if isinstance(error, MemoryError):
+        return "out of memory"
+    if type(error).__module__.startswith("tensorflow") and hasattr(error, "message"):
+        return tensorflow_error(error)
+    if isinstance(error, OSError) and error.strerror and type(error).__str__ is OSError.__str__:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    return " ".join(str(error).split())
+
+
+def tensorflow_error(error):
+    """The first line of a TensorFlow error's message, without its graph and op annotations, and for
+    a failed file operation ("<file>; <reason>") the reason alone: the file is a temporary one."""
+    lines = error.message.strip().splitlines()
+    text = re.sub(r"\{\{[^}]*\}\}|\[Op:\w+\]", "", lines[0] if lines else "").strip()
+    text = text.rsplit("; ", 1)[-1].strip() or type(error).__name__
+    if type(error).__name__ == "ResourceExhaustedError" and "space" not in text:
+        return f"out of memory: {text}"
+    return text
+
+
+@contextlib.contextmanager
+def _interruptible_start(prog):
+    """Until the work starts (parsing, checks, importing TensorFlow), Ctrl-C ends the process at once
+    with one line and status 130: there is nothing to keep yet, and a KeyboardInterrupt raised inside
+    TensorFlow's initialisation would become a long traceback or an ImportError."""
+
+    def stop(signum, frame):
+        sys.stdout.flush()
+        os.write(sys.stderr.fileno(), f"\n{prog}: interrupted; nothing was done\n".encode())
+        os._exit(exit_status(signum))
+
+    try:
+        previous = signal.signal(signal.SIGINT, stop)
+    except ValueError:  # not in the main thread: leave signals as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _silence_stdout():
+    """After a broken pipe, point standard output at /dev/null, so that Python's final flush at exit
+    writes nowhere instead of printing an error."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -199,8 +351,9 @@ _quiet = False
 
 
 def quiet_tensorflow(verbose=False):
-    """Keep TensorFlow's own C++ log lines off the terminal, unless `verbose` or the user set
-    TF_CPP_MIN_LOG_LEVEL (then TensorFlow logs as it always does). Call before importing TensorFlow.
+    """Keep TensorFlow's own C++ log lines off the terminal, unless `verbose` or TF_CPP_MIN_LOG_LEVEL=0
+    (a level that asks for every line; then TensorFlow logs as it always does). Call before importing
+    TensorFlow.
 
     Those lines are written straight to file descriptor 2 by C++ code, some before any setting can
     take effect. So file descriptor 2 becomes a pipe, read by a thread that passes on every other
@@ -208,7 +361,7 @@ def quiet_tensorflow(verbose=False):
     TensorFlow's Python logger is set to show errors only.
     """
     global _quiet
-    if _quiet or verbose or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+    if _quiet or verbose or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() == "0":
         return
     _quiet = True
     logging.getLogger("tensorflow").setLevel(logging.ERROR)

@@ -415,7 +415,7 @@ def import_keras_hub(what):
     try:
         import keras_hub
     except ImportError:
-        raise ConvertError(f"{what} needs keras-hub: pip install 'gpt2-tf[keras_hub]'") from None
+        raise ConvertError(f"{what} needs keras-hub: pip install 'gpt2-tf[keras-hub]'") from None
     return keras_hub
 
 

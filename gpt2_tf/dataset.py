@@ -19,6 +19,7 @@ import io
 import multiprocessing
 import os
 import signal
+import sys
 import time
 
 import numpy as np
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from gpt2_tf.encoder import ENDOFTEXT, Encoder, get_encoder
 from gpt2_tf.fast_encoder import FastEncoder, Splitter
-from gpt2_tf.files import atomic_write
+from gpt2_tf.files import WriteError, atomic_write
 from gpt2_tf.token_files import (
     UNCOMPRESSED_FROM,
     DatasetError,
@@ -57,8 +58,9 @@ def list_files(path, encoding="utf-8", skipped=None):
     sorted order) or a glob pattern (`**` matches subfolders; matches are sorted, and folders among them
     expanded). Walking a folder leaves out hidden files and folders (names starting with '.') and
     __pycache__ folders. Files found in a folder or by a pattern are left out when they are not regular
-    files, or clearly not text in `encoding` (see `is_binary`); the latter are appended to the list
-    `skipped`, if given.
+    files, clearly not text in `encoding` (see `is_binary`), or named as token files (.npz, .bin) but
+    not such files (`looks_like_token_file`); the latter two are appended to the list `skipped`, if
+    given. Only a token file named as `path` itself is read whatever it holds.
 
     A DatasetError, when nothing is found, does not repeat `path`: callers put it in front.
     """
@@ -75,14 +77,16 @@ def list_files(path, encoding="utf-8", skipped=None):
                 found.append(match)
     files, binary = [], []
     for name in dict.fromkeys(found):  # `**` matches a folder and the files in it
-        (binary if is_binary(name, encoding) else files).append(name)
+        unusable = not looks_like_token_file(name) if is_token_file(name) else is_binary(name, encoding)
+        (binary if unusable else files).append(name)
     if skipped is not None:
         skipped.extend(binary)
     if files:
         return files
     if binary:
         where = "in this folder" if os.path.isdir(path) else "match this pattern"
-        raise DatasetError(f"no text files {where} (skipped {_count(len(binary), 'file')} holding NUL bytes)")
+        raise DatasetError(f"no text files {where} (skipped {_count(len(binary), 'file')} holding NUL bytes "
+                           "or misnamed as token files)")
     if os.path.isdir(path):
         raise DatasetError("no files in this folder (hidden files and __pycache__ folders are not read)")
     if any(c in path for c in "*?["):
@@ -129,6 +133,20 @@ def is_binary(path, encoding="utf-8"):
             return b"\0" in f.read(BLOCK_SIZE)
     except OSError:
         return False
+
+
+def looks_like_token_file(path):
+    """Whether a file named as a token file can be one: a .bin file of a whole number of 16-bit ids or
+    more, an .npz file that starts as a zip archive does."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            start = f.read(4)
+    except OSError:
+        return True  # reading it will say why
+    if os.fspath(path).endswith(".bin"):
+        return size > 0 and size % 2 == 0
+    return start in (b"PK\x03\x04", b"PK\x05\x06")
 
 
 def _nul_means_binary(encoding):
@@ -420,8 +438,8 @@ def encode_dataset(in_text, out_npz, model_name="124M", models_dir="models", com
     memory holds the pieces in flight and at most token_files.SPOOL_BYTES of the chunk being built.
     compress: deflate the .npz members; None (default) compresses inputs smaller than UNCOMPRESSED_FROM
     bytes in all and stores the others uncompressed, to be memory-mapped.
-    Returns a one-line summary (files, bytes, tokens, chunks, seconds). Problems with the input or output
-    raise DatasetError with a one-line message.
+    Returns a one-line summary (files, bytes, tokens, chunks, seconds). Problems with the input raise
+    DatasetError, a failed write (a full disk) files.WriteError, each with a one-line message.
     """
     start = time.time()
     out = check_output_path(out_npz)
@@ -441,7 +459,8 @@ def encode_dataset(in_text, out_npz, model_name="124M", models_dir="models", com
     dtype = token_dtype(max(enc.encoder.values()) + 1)
     fast_enc = _fast_encoder(enc) if fast else None
     if not quiet:
-        print(f"Encoding into {out}" + ("" if compress or out.endswith(".bin") else " (uncompressed)"))
+        print(f"Encoding into {out}" + ("" if compress or out.endswith(".bin") else " (uncompressed)"),
+              file=sys.stderr if out == "-" else sys.stdout)
     items = _items(enc, fast_enc, paths, combine, encoding or "utf-8", errors, literal_endoftext, jobs,
                    not quiet, PIECE_SIZE, bin_dtype)
     try:
@@ -455,8 +474,10 @@ def encode_dataset(in_text, out_npz, model_name="124M", models_dir="models", com
                 elif spool.length:
                     writer.add(spool.blocks(), spool.length)
                     spool.clear()
-    except OSError as e:
-        raise DatasetError(f"cannot write {out}: {e.strerror}") from None
+    except (BrokenPipeError, WriteError):
+        raise
+    except OSError as e:  # the spool beside the output
+        raise WriteError(e.errno, f"cannot write {out}: {e.strerror}") from None
     seconds = time.time() - start
     encoder_name = "tiktoken" if fast_enc is not None else "reference encoder"
     files = _count(len(paths), "file") + (f" ({len(skipped):,} more skipped as not text)" if skipped else "")

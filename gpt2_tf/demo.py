@@ -47,10 +47,9 @@ def next_commands(work, size):
          ["sample.py", *run, "--prompt", "import ", "--include_prompt", "--length", "40", "--top_k", "20"]),
         ("ask it for prompts in a loop",
          ["sample.py", *run, "--interactive", "--length", "40", "--top_k", "20"]),
-        ("train it further (the run goes on from its last checkpoint)",
+        ("train it further (the run goes on from its last checkpoint, with its own optimizer and schedule)",
          ["train.py", "--dataset", os.path.join(work, "train.npz"), "--model_name", "demo", "--models_dir",
-          os.path.join(work, "models"), *run, "--batch_size", str(size["batch"]), "--learning_rate",
-          f"{size['lr'] / 10:g}", "--steps", "100"]),
+          os.path.join(work, "models"), *run, "--batch_size", str(size["batch"]), "--steps", "100"]),
         ("the real thing: OpenAI's smallest GPT-2, fine-tuned on your text", None),
     ]
 

@@ -2,14 +2,14 @@
 
 import itertools
 import json
-import os
 import sys
 
 import numpy as np
 
-from gpt2_tf.checkpoint import CheckpointError, latest, load_model, nonfinite
-from gpt2_tf.encoder import get_encoder
-from gpt2_tf.hparams import load_hparams, missing_model, model_dir
+from gpt2_tf.checkpoint import CheckpointError, load_model, nonfinite
+from gpt2_tf.cli import UsageError
+from gpt2_tf.model_flags import find_model
+from gpt2_tf.prompts import fit, prepare
 from gpt2_tf.sample import Generator
 
 # When text has to be checked (stop strings) or shown while it is made, tokens are drawn in chunks
@@ -17,40 +17,20 @@ from gpt2_tf.sample import Generator
 CHUNK = 8
 
 
-class GenerationError(ValueError):
+class GenerationError(CheckpointError):
     """The model drew a token that is not in its vocabulary: its weights are damaged."""
 
 
-def find_model(model_name="124M", models_dir="models", run_name=None, checkpoint_dir="checkpoint"):
-    """Where to read weights and tokenizer: (checkpoint folder or prefix, tokenizer folder).
-
-    With run_name, the newest checkpoint of `checkpoint_dir/run_name`; its tokenizer files if it
-    has them (train.py copies them there), else those of the base model.
-    """
-    base = model_dir(model_name, models_dir)
-    if run_name is None:
-        return base, base
-    run = os.path.join(checkpoint_dir, run_name)
-    if not os.path.isdir(run):
-        raise CheckpointError(f"no training run at {run}")
-    tokenizer = run if os.path.exists(os.path.join(run, "encoder.json")) else base
-    return latest(run), tokenizer
-
-
-def load(model_name="124M", models_dir="models", run_name=None, checkpoint_dir="checkpoint", dtype=None):
-    """(model, hparams, encoder) for a released model or a fine-tuned run."""
-    weights, tokenizer = find_model(model_name, models_dir, run_name, checkpoint_dir)
-    problem = missing_model(model_name, models_dir) if run_name is None else None
-    if problem:
-        raise CheckpointError(problem)
-    hparams = None
-    if run_name is not None and not os.path.exists(os.path.join(os.path.dirname(weights), "hparams.json")):
-        hparams = load_hparams(model_dir(model_name, models_dir))  # a run written by the original trainer
-    model, hparams = load_model(weights, hparams=hparams, **({"dtype": dtype} if dtype else {}))
+def load(model_name="124M", models_dir="models", run_name=None, checkpoint_dir="checkpoint", dtype=None,
+         files=None):
+    """(model, hparams, encoder) for a released model or a fine-tuned run (see model_flags.find_model),
+    or for the ModelFiles `files` when given."""
+    files = files or find_model(model_name, models_dir, run_name, checkpoint_dir)
+    model, hparams = load_model(files.weights, hparams=files.hparams, **({"dtype": dtype} if dtype else {}))
     damaged = nonfinite(model)
     if damaged:
-        raise CheckpointError(f"{weights} is damaged: {damaged}; use an earlier checkpoint")
-    return model, hparams, get_encoder(os.path.basename(tokenizer), os.path.dirname(tokenizer) or ".")
+        raise CheckpointError(f"{files.weights} is damaged: {damaged}; use an earlier checkpoint")
+    return model, hparams, files.encoder()
 
 
 class Stops:
@@ -112,65 +92,25 @@ def banner(n, prompt=None):
     return "=" * 40 + " " + name + " " + "=" * 40
 
 
-def read_prompts(path):
-    """The prompts of a --prompts file: one per line (blank lines skipped), or in a .jsonl file one JSON
-    object {"prompt": text} per line, for prompts that hold newlines."""
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    if not path.endswith(".jsonl"):
-        return [line for line in lines if line.strip()]
-    prompts = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} line {number} is not JSON ({e.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-            raise ValueError(f'{path} line {number}: expected an object with a "prompt" string')
-        prompts.append(record["prompt"])
-    return prompts
-
-
-def run(args, out=None):
-    """sample.py, after its flags are parsed. Writes the samples to `out` (default stdout)."""
+def run(args, out=None, prepared=None):
+    """sample.py, after its flags are parsed: the samples written to `out` (default stdout).
+    `prepared`: what `prompts.prepare(args)` returned, when the caller has checked the flags."""
     out = out or sys.stdout
-    model, hparams, enc = load(args.model_name, args.models_dir, args.run_name, args.checkpoint_dir,
-                               dtype=args.dtype)
+    prepared = prepared or prepare(args)
+    model, hparams, _ = load(files=prepared.files, dtype=args.dtype)
+    enc = prepared.enc
     generator = Generator(model, jit_compile=args.compile)
     eot = enc.encoder["<|endoftext|>"]
     seed = np.random.randint(2**31) if args.seed is None else args.seed
     stops = args.stop or ()
-    shift = (args.window_shift or hparams.n_ctx // 2) if args.sliding_window else None
+    length, shift = prepared.length, prepared.shift
 
-    def prepare(text, length):
-        """The prompt's tokens, within the model's n_ctx positions."""
-        tokens = enc.encode(text)
-        limit = hparams.n_ctx if shift else hparams.n_ctx - length
-        if shift is None and (length > hparams.n_ctx or (tokens and length >= hparams.n_ctx)):
-            raise ValueError(f"Can't get samples longer than window size: {hparams.n_ctx} (--sliding_window "
-                             f"goes on past it)")
-        if len(tokens) > limit:
-            if not args.truncate_prompt:
-                raise ValueError(f"the prompt has {len(tokens)} tokens and {length} are to be generated: "
-                                 f"together at most n_ctx = {hparams.n_ctx}; shorten the prompt, lower "
-                                 "--length, or pass --truncate_prompt or --sliding_window"
-                                 if shift is None else
-                                 f"the prompt has {len(tokens)} tokens, more than n_ctx = {hparams.n_ctx}; "
-                                 f"shorten it or pass --truncate_prompt")
-            print(f"warning: prompt cut from {len(tokens)} to its last {limit} tokens", file=sys.stderr)
-            tokens = tokens[-limit:]
-        return tokens
-
-    def sample(texts, first_prompt=0, numbered=False):
-        """Write nsamples samples of each text (for ever if nsamples is 0), batch_size rows at a time
-        whatever the prompts' lengths, in the order of the texts."""
+    def sample(texts, prompts, first_prompt=0, numbered=False):
+        """Write nsamples samples of each prompt (for ever if nsamples is 0), batch_size rows at a time
+        whatever the prompts' lengths, in the order of the prompts."""
         def write_banner(job):
             print(banner(job[1] + 1, job[0] + 1 if numbered else None), file=out)
 
-        length = args.length or (hparams.n_ctx if not any(texts) else hparams.n_ctx // 2)
-        prompts = [prepare(text, length) for text in texts]
         counts = range(args.nsamples) if args.nsamples else itertools.count()  # 0: one prompt, for ever
         jobs = ((i, n) for i in range(len(texts)) for n in counts)
         streaming = args.batch_size == 1 and out.isatty() and not args.output and args.output_format == "text"
@@ -198,18 +138,8 @@ def run(args, out=None):
     def prefix(text):
         return text if args.include_prompt else ""
 
-    if args.prompts:
-        texts = read_prompts(args.prompts)
-        if not texts:
-            raise ValueError(f"{args.prompts} holds no prompts")
-        sample(texts, numbered=len(texts) > 1)
-        return
     if not args.interactive:
-        text = args.prompt or ""
-        if args.prompt_file:
-            with open(args.prompt_file, encoding="utf-8") as f:
-                text = f.read()
-        sample([text])
+        sample(prepared.texts, prepared.prompts, numbered=len(prepared.texts) > 1)
         return
     try:
         import readline  # noqa: F401  (input() then edits the line, and writes its prompt to stdout)
@@ -225,8 +155,9 @@ def run(args, out=None):
             print("Prompt should not be empty!")
             continue
         try:
-            sample([text], first_prompt=number)
-        except ValueError as e:
+            tokens = fit(enc, text, length, hparams.n_ctx, shift, args.truncate_prompt)
+        except UsageError as e:
             print(f"error: {e}", file=sys.stderr)
             continue
+        sample([text], [tokens], first_prompt=number)
         print("=" * 80, file=out)

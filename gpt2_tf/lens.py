@@ -18,7 +18,6 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from gpt2_tf.cli import UsageError
 from gpt2_tf.score import rank
 
 
@@ -123,32 +122,21 @@ _lenses = weakref.WeakKeyDictionary()  # model -> its LogitLens
 # lens.py, after its flags are parsed.
 
 
-def run(args, out=None):
-    """lens.py: load the model, encode the prompt (and continue it with --generate), compute the
-    lens, print the tables to `out` (default stdout) and write the requested files."""
+def run(args, out=None, checked=None):
+    """lens.py: load the model, continue the prompt with --generate, compute the lens, print the
+    tables to `out` (default stdout; stderr when a file is written to standard output) and write the
+    requested files. `checked`: what lens.py's check_args returned (the model's files, the encoder,
+    the prompt's tokens, the watched ids)."""
     from gpt2_tf import lens_report
+    from gpt2_tf.files import is_stdout
     from gpt2_tf.generate import load
     from gpt2_tf.sample import sample_sequence
 
-    out = out or sys.stdout
-    model, hparams, enc = load(args.model_name, args.models_dir, args.run_name, args.checkpoint_dir)
-    prompt = enc.encode(args.prompt)  # not empty: lens.py refuses an empty prompt
-    if len(prompt) + args.generate > hparams.n_ctx:
-        raise UsageError(f"the prompt has {len(prompt)} tokens" + (f" and --generate adds {args.generate}"
-                         if args.generate else "") + f": at most n_ctx = {hparams.n_ctx} together")
+    files, enc, prompt, watch_ids = checked
+    outputs = [getattr(args, flag) for flag in ("json", "html", "png") if getattr(args, flag)]
+    out = out or (sys.stderr if any(is_stdout(path) for path in outputs) else sys.stdout)
+    model, hparams, _ = load(files=files)
     position = len(prompt) - 1 if args.position is None else args.position
-    if not 0 <= position < len(prompt):
-        raise UsageError(f"--position {position} is outside the prompt's {len(prompt)} tokens (0 to "
-                         f"{len(prompt) - 1})")
-    watch_ids = []
-    for text in args.watch or []:
-        ids = enc.encode(text)
-        if not ids:
-            raise UsageError(f"--watch {text!r} is empty")
-        if len(ids) > 1:
-            print(f"warning: --watch {text!r} is {len(ids)} tokens; its first, {enc.decode(ids[:1])!r}, is "
-                  "watched", file=sys.stderr)
-        watch_ids.append(ids[0])
     tokens = prompt
     if args.generate:
         tokens = sample_sequence(model, args.generate, context=[prompt], temperature=args.temperature,

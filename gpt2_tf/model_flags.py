@@ -1,10 +1,33 @@
 """The flags that choose a model, shared by sample.py, score.py and lens.py: a released model
-(--model_name, --models_dir) or the newest checkpoint of a training run (--run_name, --checkpoint_dir).
-This module does not import TensorFlow."""
+(--model_name, --models_dir) or the newest checkpoint of a training run (--run_name, --checkpoint_dir),
+and where its files are, found before TensorFlow loads. This module does not import TensorFlow."""
 
+import dataclasses
 import os
 
+from gpt2_tf.bundle import CheckpointError, check_intact, latest_prefix
 from gpt2_tf.cli import UsageError
+from gpt2_tf.encoder import get_encoder
+from gpt2_tf.hparams import HParams, load_hparams, missing_model, model_dir
+
+
+class ModelMissing(CheckpointError):
+    """The model or run that the flags name is not there (bad usage, not a damaged file)."""
+
+
+@dataclasses.dataclass
+class ModelFiles:
+    """A model's files: the checkpoint prefix of its weights, its hparams, and the folder of its
+    tokenizer (encoder.json, vocab.bpe); `name` is the run's or the model's, for titles."""
+
+    weights: str
+    hparams: HParams
+    tokenizer: str
+    name: str
+
+    def encoder(self):
+        """The model's tokenizer (an encoder.Encoder)."""
+        return get_encoder(os.path.basename(self.tokenizer), os.path.dirname(self.tokenizer) or ".")
 
 
 def add_model_flags(parser, run_help):
@@ -16,13 +39,63 @@ def add_model_flags(parser, run_help):
 
 
 def check_model_flags(args):
-    """Raise UsageError when the model or the training run that the model flags name is not there."""
-    from gpt2_tf.hparams import missing_model
+    """The ModelFiles that the model flags name. Raises UsageError when the model or the run is not
+    there, and CheckpointError when its newest checkpoint is damaged."""
+    try:
+        return find_model(args.model_name, args.models_dir, args.run_name, args.checkpoint_dir)
+    except ModelMissing as e:
+        raise UsageError(str(e)) from None
 
-    if args.run_name is None:
-        problem = missing_model(args.model_name, args.models_dir)
+
+def find_model(model_name="124M", models_dir="models", run_name=None, checkpoint_dir="checkpoint"):
+    """ModelFiles of a released model, or with run_name of the newest checkpoint of
+    `checkpoint_dir/run_name` (its own hparams.json and tokenizer when it has them, as train.py writes
+    them, else the base model's). Raises ModelMissing for what is not there, CheckpointError for a
+    damaged checkpoint."""
+    base = model_dir(model_name, models_dir)
+    if run_name is None:
+        problem = missing_model(model_name, models_dir, ("hparams.json", "checkpoint", "encoder.json",
+                                                         "vocab.bpe"))
         if problem:
-            raise UsageError(problem)
-    elif not os.path.isdir(os.path.join(args.checkpoint_dir, args.run_name)):
-        raise UsageError(f"no training run {args.run_name} in {args.checkpoint_dir} "
-                         "(see --run_name and --checkpoint_dir)")
+            raise ModelMissing(problem)
+        weights, folder, tokenizer = _prefix(base), base, base
+    else:
+        folder = os.path.join(checkpoint_dir, run_name)
+        if not os.path.isdir(folder):
+            raise ModelMissing(f"no training run {run_name} in {checkpoint_dir} "
+                               f"({existing_runs(checkpoint_dir)}; see --run_name and --checkpoint_dir)")
+        if not os.path.exists(os.path.join(folder, "checkpoint")):
+            raise ModelMissing(f"training run {folder} has no checkpoint yet (train.py saves one every "
+                               "--save_every steps and when it stops)")
+        weights = _prefix(folder)
+        own = [os.path.exists(os.path.join(folder, n)) for n in ("hparams.json", "encoder.json")]
+        if not all(own):
+            problem = missing_model(model_name, models_dir, ("hparams.json", "encoder.json", "vocab.bpe"))
+            if problem:  # a run of the original trainer: its base model's files are needed
+                raise ModelMissing(f"training run {folder} has no hparams.json or tokenizer of its own, and "
+                                   f"its base model is not there: {problem} (see --model_name)")
+        tokenizer = folder if own[1] else base
+        folder = folder if own[0] else base
+    try:
+        hparams = load_hparams(folder)
+    except (OSError, ValueError) as e:
+        raise ModelMissing(str(e)) from None
+    check_intact(weights)
+    return ModelFiles(weights=weights, hparams=hparams, tokenizer=tokenizer, name=run_name or model_name)
+
+
+def _prefix(folder):
+    try:
+        return latest_prefix(folder)
+    except ValueError as e:
+        raise ModelMissing(str(e)) from None
+
+
+def existing_runs(checkpoint_dir):
+    """The training runs in `checkpoint_dir`, as a phrase: "it has run1, run2" or "it holds no runs"."""
+    folder = os.path.expanduser(checkpoint_dir)
+    if not os.path.isdir(folder):
+        return f"{checkpoint_dir} does not exist"
+    runs = sorted(name for name in os.listdir(folder)
+                  if os.path.exists(os.path.join(folder, name, "checkpoint")))
+    return f"it has {', '.join(runs)}" if runs else "it holds no runs"

@@ -143,7 +143,11 @@ def uniform_noise(keys, step, size):
     row = _fmix32(tf.bitcast(tf.cast(keys, tf.int32), tf.uint32) ^ _fmix32(step + golden))[:, None]
     column = tf.bitcast(tf.range(size), tf.uint32)[None]
     bits = _fmix32(_fmix32(row + column * golden) ^ row)
-    return (tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) + 0.5) * 2.0**-24
+    # (n + 0.5) / 2^24 for the top 24 bits n: the largest n rounds to exactly 1.0 in float32, whose
+    # Gumbel noise would be infinite (that token drawn whatever its probability, once in about 334
+    # draws over 50,257 tokens), so it takes the largest float below 1 instead.
+    uniform = (tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) + 0.5) * 2.0**-24
+    return tf.minimum(uniform, 1 - 2.0**-24)
 
 
 def _fmix32(h):

@@ -13,7 +13,7 @@ import sys
 from tqdm import tqdm
 
 from gpt2_tf.cli import UsageError
-from gpt2_tf.files import atomic_write
+from gpt2_tf.files import atomic_write, is_stdout
 
 COLUMNS = ["tokens", "bytes", "words", "loss", "ppl", "bits/byte", "word ppl", "accuracy"]
 
@@ -99,22 +99,19 @@ def write_html(path, scored, decode, title):
 # score.py, after its flags are parsed.
 
 
-def run(args, files, out=None):
-    """score.py: load the model and the documents of `files`, score them, print the table to `out`
-    (default stdout) and write the requested files. Returns the totals."""
+def run(args, files, out=None, model=None):
+    """score.py: load the model (the ModelFiles `model`, else the one the flags name) and the documents
+    of `files`, score them, print the table to `out` (default stdout; stderr when a file is written to
+    standard output) and write the requested files. Returns the totals."""
     from gpt2_tf.generate import load
     from gpt2_tf.score import figures, load_documents, score_documents, totals
 
-    out = out or sys.stdout
+    outputs = [getattr(args, flag) for flag in ("json", "tsv", "html") if getattr(args, flag)]
+    out = out or (sys.stderr if any(is_stdout(path) for path in outputs) else sys.stdout)
     model, hparams, enc = load(args.model_name, args.models_dir, args.run_name, args.checkpoint_dir,
-                               dtype=args.dtype)
+                               dtype=args.dtype, files=model)
     context = args.context or hparams.n_ctx
-    if context > hparams.n_ctx:
-        raise UsageError(f"--context {context} is more than the model's n_ctx = {hparams.n_ctx}")
     stride = args.stride or context // 2
-    if stride > context:
-        raise UsageError(f"--stride {stride} is more than --context {context}; it must be 1 to "
-                         f"{context}")
     documents = load_documents(enc, files, args.per_line, args.encoding, args.errors, hparams.n_vocab,
                                args.bin_dtype)
     if args.prefix == "eot" and args.compat is None and enc.eot_token is None:
@@ -122,7 +119,7 @@ def run(args, files, out=None):
     prefix = "none" if args.compat == "hf" else args.prefix
     targets = sum(max(0, len(d.tokens) - (prefix == "none")) for d in documents)
     if not targets:
-        raise UsageError("nothing to score: the input has no tokens"
+        raise UsageError("nothing to score: the input is empty (no tokens)"
                          + (" after the first of each document" if prefix == "none" else ""))
     details = bool(args.tsv or args.html)
     with tqdm(total=targets, unit="tok", desc="Scoring", disable=args.quiet, dynamic_ncols=True) as bar:

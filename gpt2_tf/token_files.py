@@ -24,7 +24,7 @@ import zipfile
 
 import numpy as np
 
-from gpt2_tf.files import atomic_write
+from gpt2_tf.files import WriteError, atomic_write, write_problem
 
 TOKEN_SUFFIXES = (".npz", ".bin")
 BIN_DTYPES = ("uint16", "uint32", "int32")  # nanoGPT writes uint16
@@ -346,26 +346,26 @@ def save_tokens(path, arrays, dtype=np.uint16, compress=True):
                     raise DatasetError(f"cannot write {path}: not a 1-D array of token ids (dtype "
                                        f"{array.dtype}, shape {array.shape})")
                 writer.add(blocks_of(array), len(array))
+    except (BrokenPipeError, WriteError):
+        raise
     except OSError as e:
-        raise DatasetError(f"cannot write {path}: {e.strerror}") from None
+        raise WriteError(e.errno, f"cannot write {path}: {e.strerror}") from None
     return path
 
 
 def output_name(path):
-    """The file a dataset is written to: `path` if it ends with .npz or .bin, else `path` with `.npz`
-    appended (as numpy does)."""
+    """The file a dataset is written to: `path` if it ends with .npz or .bin (or is `-`, standard output,
+    written as .npz), else `path` with `.npz` appended (as numpy does)."""
     path = os.fspath(path)
-    return path if is_token_file(path) else path + ".npz"
+    return path if is_token_file(path) or path == "-" else path + ".npz"
 
 
 def check_output_path(path):
     """`output_name(path)`, checked: a missing folder, or a folder at that name, is a DatasetError."""
     path = output_name(path)
-    folder = os.path.dirname(path) or "."
-    if not os.path.isdir(folder):
-        raise DatasetError(f"cannot write {path}: directory {folder} does not exist")
-    if os.path.isdir(path):
-        raise DatasetError(f"cannot write {path}: it is a directory")
+    problem = write_problem(path)
+    if problem:
+        raise DatasetError(problem)
     return path
 
 

@@ -37,17 +37,17 @@ from tensorflow.core.framework import summary_pb2
 from tqdm import tqdm
 
 from gpt2_tf import checkpoint
-from gpt2_tf.checkpoint import CheckpointError
-from gpt2_tf.cli import UsageError
+from gpt2_tf.bundle import CheckpointMismatch
+from gpt2_tf.cli import Interrupted, UsageError, describe
 from gpt2_tf.dataset import DatasetError, Sampler, default_jobs, list_files, load_dataset
 from gpt2_tf.encoder import Encoder, get_encoder
-from gpt2_tf.files import atomic_write
+from gpt2_tf.files import WriteError, atomic_write
 from gpt2_tf.hparams import HParams, save_hparams
 from gpt2_tf.model import GPT2
 from gpt2_tf.optim import DISPLAY_NAMES, learning_rate_schedule, make_optimizer
 from gpt2_tf.sample import Generator, sample_sequence
 from gpt2_tf.score import load_documents, next_token_scores, score_documents, totals
-from gpt2_tf.train_checks import check_args, memory_warning
+from gpt2_tf.train_checks import TrainingError, check_args, memory_warning, run_settings
 from gpt2_tf.train_state import (
     RunCheckpoints,
     load_train_state,
@@ -60,16 +60,17 @@ from gpt2_tf.train_state import (
 POLICIES = {None: "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
-class TrainingError(Exception):
-    """Training cannot go on (the loss or the gradients stay non-finite); the message is one line."""
-
-
 CURES = "Lower --learning_rate, set --grad_clip, or check the data"  # for a loss that is not finite
 
 
 def say(*values):
-    """Print a console line at once (the lines are read by people and by scripts)."""
-    print(*values, flush=True)
+    """Print a console line at once (the lines are read by people and by scripts). When the reader of
+    the console has gone (`train.py | head`), the run goes on without it."""
+    try:
+        print(*values, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -414,13 +415,43 @@ def current_learning_rate(optimizer):
     return float(tf.convert_to_tensor(optimizer.learning_rate).numpy())
 
 
-def write_scalar(writer, tag, value, step):
-    """A TensorBoard scalar, written with TensorFlow alone (tf.summary.scalar needs TensorBoard)."""
-    metadata = summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
-        data_class=summary_pb2.DATA_CLASS_SCALAR)
-    with writer.as_default():
-        tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=metadata)
+class Events:
+    """The run's TensorBoard event file (none when `folder` is None: a worker that is not the chief).
+
+    Scalars are written with TensorFlow alone (tf.summary.scalar needs TensorBoard). A write that fails
+    (a full disk) warns once and the run goes on without events; `failure` then says so.
+    """
+
+    def __init__(self, folder):
+        self.failure = None
+        self.writer = tf.summary.create_noop_writer()
+        if folder is not None:
+            self._try(lambda: setattr(self, "writer", tf.summary.create_file_writer(folder)), folder)
+        self.folder = folder
+        self.metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+            data_class=summary_pb2.DATA_CLASS_SCALAR)
+
+    def scalar(self, tag, value, step):
+        def write():
+            with self.writer.as_default():
+                tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=self.metadata)
+
+        self._try(write, self.folder)
+
+    def flush(self):
+        self._try(self.writer.flush, self.folder)
+
+    def _try(self, write, folder):
+        if self.failure:
+            return
+        try:
+            write()
+        except (OSError, tf.errors.OpError) as e:
+            reason = f"cannot write the TensorBoard events in {folder}: {describe(e)}"
+            print(f"warning: {reason}; training goes on without them", file=sys.stderr, flush=True)
+            self.failure = f"the TensorBoard events could not be written ({reason})"
+            self.writer = tf.summary.create_noop_writer()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -456,6 +487,7 @@ class StopRequest:
 
     def __init__(self):
         self.requested = False
+        self.signum = None  # the first signal received
         self._previous = {}
 
     def __enter__(self):
@@ -471,6 +503,7 @@ class StopRequest:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = self.signum or signum
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -524,11 +557,12 @@ class Run:
     run_dir: str  # checkpoint/<run>
     sample_dir: str  # samples/<run>
     checkpoints: RunCheckpoints
-    writer: tf.summary.SummaryWriter
+    writer: Events
     evaluator: "Evaluator | None"
     val_batches: list  # sampled validation windows, or
     val_documents: "list | None"  # with --val_full, the whole validation data
     generator: Generator
+    sample_failure: "str | None" = None  # what could not be written, once a sample file could not
     start_time: float = dataclasses.field(default_factory=time.time)
 
     def elapsed(self):
@@ -540,10 +574,18 @@ def run(args, checked=None):
 
     Raises UsageError (before any work) for bad flags or inputs. `checked`: what `check_args(args)`
     returned, when the caller has already checked the flags (train.py does, before importing
-    TensorFlow); otherwise they are checked here.
+    TensorFlow); otherwise they are checked here. The run folder is held by this process until the
+    run ends. Stopped by SIGINT or SIGTERM, it saves and raises cli.Interrupted.
     """
+    checked = checked or check_args(args)
+    with checked.lock or contextlib.nullcontext():
+        return train(args, checked)
+
+
+def train(args, checked):
+    """`run`, once the flags are checked and the run folder is held."""
     # Set-up: the devices, what to start from, the data, the model and its optimizer.
-    hparams, base_dir = checked or check_args(args)
+    hparams, base_dir, start = checked.hparams, checked.base_dir, checked.start
     warning = memory_warning(hparams, args)
     if warning:
         print(warning, file=sys.stderr, flush=True)
@@ -554,7 +596,6 @@ def run(args, checked=None):
         tf.config.experimental.enable_tensor_float_32_execution(False)  # fp32 means fp32, as NS-2021
     enc = load_encoder(base_dir, hparams)
     run_dir = os.path.join(args.checkpoint_dir, args.run_name)
-    start = find_start(args, run_dir, base_dir)
     memory_saving = args.memory_saving_gradients or args.twremat
     announce(args, hparams, start, memory_saving)
 
@@ -590,8 +631,9 @@ def run(args, checked=None):
     evaluator = Evaluator(model, strategy, jit_compile=compile_mode == "xla") if val_batches else None
     checkpoints = RunCheckpoints(run_dir, max_to_keep=args.max_to_keep or None, keep_every_hours=2,
                                  aux_files={name: os.path.join(base_dir, name)
-                                            for name in ("hparams.json", "encoder.json", "vocab.bpe")})
-    writer = tf.summary.create_file_writer(run_dir) if chief else tf.summary.create_noop_writer()
+                                            for name in ("hparams.json", "encoder.json", "vocab.bpe")},
+                                 new_count=args.restore_from == "fresh")
+    writer = Events(run_dir if chief else None)
     r = Run(args=args, hparams=hparams, enc=enc, model=model, optimizer=optimizer, variables=variables,
             progress=progress, chief=chief, run_dir=run_dir, checkpoints=checkpoints, writer=writer,
             evaluator=evaluator, val_batches=val_batches, val_documents=val_documents,
@@ -622,8 +664,8 @@ def run(args, checked=None):
             skipped = 0
             progress.update(loss)
             step = progress.step
-            write_scalar(writer, "loss", loss, step)
-            write_scalar(writer, "learning_rate", current_learning_rate(optimizer), step)
+            writer.scalar("loss", loss, step)
+            writer.scalar("learning_rate", current_learning_rate(optimizer), step)
             if step % args.print_every == 0 or step == end:
                 say(f"[{step} | {r.elapsed():2.2f}] loss={loss:2.2f} avg={progress.average():2.2f}")
             if args.sample_every and step % args.sample_every == 0:
@@ -644,6 +686,13 @@ def run(args, checked=None):
         raise TrainingError(f"the loss or the gradients were not finite at {skipped} steps in a row; "
                             f"stopped with the weights of step {progress.step}, the last good ones (in "
                             f"{run_dir}). " + CURES)
+    if stop.requested:
+        raise Interrupted(f"interrupted; saved {os.path.join(run_dir, f'model-{progress.step}')}",
+                          stop.signum)
+    unwritten = [what for what in (r.sample_failure, writer.failure) if what]
+    if unwritten:
+        raise TrainingError(f"trained to step {progress.step} and saved it in {run_dir}, but "
+                            + " and ".join(unwritten))
     return progress.step
 
 
@@ -666,24 +715,6 @@ def load_encoder(base_dir, hparams):
         raise UsageError(f"the tokenizer of {base_dir} has {len(enc.encoder)} tokens, more than n_vocab = "
                          f"{hparams.n_vocab}")
     return enc
-
-
-def find_start(args, run_dir, base_dir):
-    """The checkpoint prefix to load, per --restore_from (latest, fresh, or a folder or prefix), or
-    None for a new model (--init scratch, unless the run has a checkpoint to resume)."""
-    resuming = args.restore_from == "latest" and os.path.exists(os.path.join(run_dir, "checkpoint"))
-    if args.init == "scratch" and not resuming and args.restore_from in ("latest", "fresh"):
-        return None
-    try:
-        if args.restore_from == "fresh":
-            return checkpoint.latest(base_dir)
-        if args.restore_from == "latest":
-            if os.path.exists(os.path.join(run_dir, "checkpoint")):
-                return checkpoint.latest(run_dir)
-            return checkpoint.latest(base_dir)
-        return checkpoint.latest(args.restore_from)
-    except CheckpointError as e:
-        raise UsageError(str(e)) from None
 
 
 def announce(args, hparams, start, memory_saving):
@@ -712,9 +743,10 @@ def build_optimizer(args, variables):
 
 
 def restore_weights(model, start):
+    """Load the checkpoint to start from; one of another shape is bad usage (UsageError)."""
     try:
         checkpoint.restore(model, start)
-    except CheckpointError as e:
+    except CheckpointMismatch as e:
         raise UsageError(str(e)) from None
 
 
@@ -728,7 +760,8 @@ def resume(args, start, run_dir, chunks, n_vocab, optimizer):
     if saved is not None:
         state, arrays = saved
         progress.restore(state)
-        problem = restore_optimizer(optimizer, args.optimizer, state, arrays)
+        with checkpoint.readable(start):
+            problem = restore_optimizer(optimizer, args.optimizer, state, arrays)
         if problem:
             print(f"warning: the optimizer state of {start} is not used: {problem}", file=sys.stderr)
     elif args.restore_from != "fresh" and in_run_dir:
@@ -769,13 +802,23 @@ def refuse_or_warn_nonfinite(r, loss, skipped, can_skip):
 
 
 def save(r):
-    """Write checkpoint model-<step> of the run (the chief does; every worker says it)."""
+    """Write checkpoint model-<step> of the run (the chief does; every worker says it). A write that
+    fails (a full disk) stops the run with a TrainingError; the run's newest complete checkpoint stays
+    its newest, and nothing of the failed one is left."""
     step = r.progress.step
-    say(f"Saving {os.path.join(r.run_dir, f'model-{step}')}")
+    prefix = os.path.join(r.run_dir, f"model-{step}")
+    say(f"Saving {prefix}")
     if r.chief:
         state = {**r.progress.state(), "optimizer": r.args.optimizer, "seed": r.args.seed,
-                 "trained_variables": list(r.variables)}
-        r.checkpoints.save(step, r.model, r.optimizer, state)
+                 "trained_variables": list(r.variables), "settings": run_settings(r.args)}
+        try:
+            r.checkpoints.save(step, r.model, r.optimizer, state)
+        except (OSError, tf.errors.OpError) as e:
+            newest = checkpoint.read_state_file(r.run_dir)
+            kept = (f"its newest checkpoint is still {os.path.join(r.run_dir, newest[-1])}" if newest
+                    else "it has no checkpoint")
+            raise TrainingError(f"could not save {prefix}: {describe(e)}; the run stopped at step {step}, "
+                                f"and {kept}") from None
     r.progress.last_saved = step
 
 
@@ -802,10 +845,16 @@ def generate_samples(r):
             texts.append(f"======== SAMPLE {len(texts) + 1} ========\n{r.enc.decode(row)}\n")
     if texts:
         say(texts[-1])
-    os.makedirs(r.sample_dir, exist_ok=True)
     path = os.path.join(r.sample_dir, f"samples-{r.progress.step}")
-    with atomic_write(path, encoding=args.encoding, errors="replace") as f:
-        f.write("\n".join(texts))
+    try:
+        os.makedirs(r.sample_dir, exist_ok=True)
+        with atomic_write(path, encoding=args.encoding, errors="replace") as f:
+            f.write("\n".join(texts))
+    except OSError as e:  # a full disk: the run goes on, and ends saying what was not written
+        reason = str(e) if isinstance(e, WriteError) else f"cannot write {path}: {describe(e)}"
+        print(f"warning: {reason}; training goes on", file=sys.stderr, flush=True)
+        r.sample_failure = r.sample_failure or (f"the samples of step {r.progress.step} and after could not "
+                                                f"be written ({reason})")
 
 
 def validate(r):
@@ -824,9 +873,9 @@ def validate(r):
         results = [r.evaluator(batch) for batch in tqdm(r.val_batches)]
         loss, accuracy = (float(np.mean(values)) for values in zip(*results))
     step = r.progress.step
-    write_scalar(r.writer, "val_loss", loss, step)
-    write_scalar(r.writer, "val_ppl", float(np.exp(min(loss, 700))), step)
-    write_scalar(r.writer, "val_accuracy", accuracy, step)
+    r.writer.scalar("val_loss", loss, step)
+    r.writer.scalar("val_ppl", float(np.exp(min(loss, 700))), step)
+    r.writer.scalar("val_accuracy", accuracy, step)
     r.writer.flush()
     say(f"[{step} | {r.elapsed():2.2f}] validation loss = {loss:2.2f}")
 

@@ -1,13 +1,47 @@
 """The checks of train.py's flags and files, made before any work and before TensorFlow is imported, so
 that a mistake is told at once, in one line. This module does not import TensorFlow."""
 
+import dataclasses
+import json
 import os
+import sys
 
-from gpt2_tf.cli import UsageError, check_encoding, check_folder_or_new
+from gpt2_tf.bundle import check_intact, latest_prefix, read_train_state
+from gpt2_tf.cli import (
+    UsageError,
+    available_memory,
+    check_encoding,
+    check_fits,
+    check_folder_or_new,
+    is_given,
+)
 from gpt2_tf.dataset import DatasetError, list_files
+from gpt2_tf.files import FolderLock, Held
 from gpt2_tf.hparams import HParams, load_hparams, missing_model, model_dir
 
 SHAPE_FLAGS = ("n_ctx", "n_embd", "n_head", "n_layer")
+
+# The flags of the optimizer and its schedule that a run keeps (in each checkpoint's state.json): a
+# resumed run goes on with them unless they are given again.
+RUN_SETTINGS = ("optimizer", "learning_rate", "weight_decay", "warmup_steps", "min_lr", "lr_decay_steps",
+                "grad_clip")
+
+
+class TrainingError(Exception):
+    """Training cannot go on (the loss or the gradients stay non-finite, a checkpoint cannot be
+    written); the message is one line."""
+
+
+@dataclasses.dataclass
+class Checked:
+    """What train.py's checks found: the model's shape, the base model's folder, the checkpoint to
+    start from (None: a new model), and the hold on the run folder (None in a process that does not
+    write, such as a worker that is not the chief)."""
+
+    hparams: HParams
+    base_dir: str
+    start: "str | None"
+    lock: "FolderLock | None"
 
 
 def parse_memlimit(text):
@@ -21,10 +55,14 @@ def parse_memlimit(text):
 
 
 def check_args(args):
-    """Check what can be checked before any work; returns (hparams, model folder). Raises UsageError.
+    """Check what can be checked before any work; returns a Checked. Raises UsageError, and
+    CheckpointError for a damaged checkpoint to start from.
 
-    Numbers are checked by the parser (train.py); this checks how flags go together, and the files.
-    Fills in the default of --sample_length (n_ctx - 1).
+    Numbers are checked by the parser (train.py); this checks how flags go together, the files, and
+    takes the run folder for this process (another train.py on the same run is refused). A resumed
+    run keeps its shape (its own hparams.json) and, unless they are given again, its optimizer and
+    schedule (RUN_SETTINGS, from its newest checkpoint). Fills in the default of --sample_length
+    (n_ctx - 1).
     """
     parse_memlimit(args.twremat_memlimit)
     if args.val_full and not args.val_every:
@@ -48,41 +86,124 @@ def check_args(args):
     problem = missing_model(args.model_name, args.models_dir, needed)
     if problem:
         raise UsageError(problem)
-    if args.restore_from not in ("latest", "fresh") and not (
-            os.path.isdir(args.restore_from) or os.path.exists(args.restore_from + ".index")):
-        raise UsageError(f"--restore_from {args.restore_from}: no such checkpoint folder or prefix "
-                         "(or give latest or fresh)")
     base = model_dir(args.model_name, args.models_dir)
-    try:
-        hparams = load_hparams(base)
-        if args.init == "scratch":
-            hparams = scratch_hparams(args, hparams)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if args.init != "scratch" and any(getattr(args, k) is not None for k in SHAPE_FLAGS):
-        raise UsageError("--n_ctx, --n_embd, --n_head and --n_layer are for --init scratch only")
+    start = start_checkpoint(args, run_dir, base, resuming)
+    saved = read_train_state(start) if start is not None and args.restore_from != "fresh" else None
+    hparams = run_hparams(args, base, start, saved is not None or resuming)
+    if saved is not None:
+        keep_run_settings(args, saved)
+    if start is not None:
+        check_intact(start)
     if args.min_lr is not None and (args.lr_decay_steps or args.steps) is None:
         raise UsageError("--min_lr needs --steps or --lr_decay_steps (where the decay ends)")
     if args.min_lr is not None and args.min_lr > args.learning_rate:
         raise UsageError(f"--min_lr {args.min_lr:g} is above --learning_rate {args.learning_rate:g}: "
                          "the schedule decays from --learning_rate down to --min_lr")
+    # The token windows of an update and of validation are held in memory as int32 arrays.
+    check_fits(args.batch_size * args.accumulate_gradients * hparams.n_ctx * 8,
+               f"--batch_size {args.batch_size} x --accumulate_gradients {args.accumulate_gradients} windows")
+    if args.val_every:
+        check_fits(args.val_batch_size * args.val_batch_count * hparams.n_ctx * 4,
+                   f"--val_batch_size {args.val_batch_size} x --val_batch_count {args.val_batch_count} "
+                   "windows")
     if args.sample_length is None:
         args.sample_length = hparams.n_ctx - 1
     if args.sample_every and args.sample_length > hparams.n_ctx - 1:
         raise UsageError(f"Can't get samples longer than window size: {hparams.n_ctx} (--sample_length "
                          f"{args.sample_length} plus the one context token must fit in n_ctx)")
-    return hparams, base
+    lock = None
+    if writes_the_run(args):
+        try:
+            lock = FolderLock(run_dir).acquire()
+        except Held as e:
+            raise UsageError(f"run {args.run_name} ({run_dir}) is being trained by "
+                             + (f"process {e.pid}" if e.pid else "another process")
+                             + "; wait for it to end, or give another --run_name") from None
+    return Checked(hparams=hparams, base_dir=base, start=start, lock=lock)
 
 
-def scratch_hparams(args, hparams):
-    """The shape of a model trained from scratch: the run's own hparams.json when the run exists
-    (a resumed run keeps its shape), else the model folder's with the --n_* flags applied."""
-    saved = os.path.join(args.checkpoint_dir, args.run_name, "hparams.json")
-    if args.restore_from == "latest" and os.path.exists(saved):
-        return load_hparams(saved)
-    values = hparams.to_dict()
-    values.update({k: getattr(args, k) for k in SHAPE_FLAGS if getattr(args, k) is not None})
-    return HParams.from_dict(values)
+def start_checkpoint(args, run_dir, base_dir, resuming):
+    """The checkpoint prefix to load, per --restore_from (latest, fresh, or a folder or prefix), or
+    None for a new model (--init scratch, unless the run has a checkpoint to resume)."""
+    if args.init == "scratch" and not resuming and args.restore_from in ("latest", "fresh"):
+        return None
+    if args.restore_from == "fresh" or (args.restore_from == "latest" and not resuming):
+        where = base_dir
+    else:
+        where = run_dir if args.restore_from == "latest" else args.restore_from
+    try:
+        return latest_prefix(where)
+    except ValueError as e:
+        flag = "" if args.restore_from in ("latest", "fresh") else f"--restore_from {args.restore_from}: "
+        raise UsageError(f"{flag}{e}") from None
+
+
+def run_hparams(args, base_dir, start, resuming):
+    """The shape of the model to train: the hparams.json beside the checkpoint it resumes (a run keeps
+    its shape; a shape flag that differs is refused), else the base model's, with the --n_* flags
+    applied for --init scratch."""
+    own = os.path.join(os.path.dirname(start), "hparams.json") if start is not None else None
+    try:
+        if resuming and own and os.path.exists(own):
+            hparams = load_hparams(own)
+            for key in SHAPE_FLAGS:
+                value = getattr(args, key)
+                if value is not None and value != getattr(hparams, key):
+                    raise UsageError(f"--{key} {value}: the run {os.path.dirname(start)} has {key} = "
+                                     f"{getattr(hparams, key)}, and a resumed run keeps its shape (give "
+                                     "another --run_name, or --restore_from fresh)")
+            return hparams
+        if args.init != "scratch" and any(getattr(args, k) is not None for k in SHAPE_FLAGS):
+            raise UsageError("--n_ctx, --n_embd, --n_head and --n_layer are for --init scratch only")
+        hparams = load_hparams(base_dir)
+        if args.init == "scratch" and start is None:
+            values = hparams.to_dict()
+            values.update({k: getattr(args, k) for k in SHAPE_FLAGS if getattr(args, k) is not None})
+            hparams = HParams.from_dict(values)
+        return hparams
+    except (OSError, ValueError) as e:
+        raise UsageError(str(e)) from None
+
+
+def keep_run_settings(args, saved):
+    """Give the flags of RUN_SETTINGS that were not given their values in the run's state (a run saved
+    by an earlier version has none), and say so in one line."""
+    settings = saved.get("settings") or {}
+    kept = []
+    for key in RUN_SETTINGS:
+        if key in settings and not is_given(getattr(args, key)) and settings[key] != getattr(args, key):
+            setattr(args, key, settings[key])
+            kept.append(f"--{key} {settings[key]:g}" if isinstance(settings[key], float) else
+                        f"--{key} {settings[key]}")
+    if kept:
+        print(f"Resuming with the run's own {' '.join(kept)}", file=sys.stderr, flush=True)
+
+
+def run_settings(args):
+    """The RUN_SETTINGS of this run, to save with each checkpoint; the cosine decay's end is kept as the
+    update number it was (--lr_decay_steps, else --steps of the run's first part)."""
+    settings = {key: getattr(args, key) for key in RUN_SETTINGS}
+    if args.min_lr is not None:
+        settings["lr_decay_steps"] = args.lr_decay_steps or args.steps
+    return settings
+
+
+def writes_the_run(args):
+    """Whether this process writes the run (and holds it): every process but the workers of a
+    multi-worker cluster that are not its chief (TF_CONFIG read without TensorFlow)."""
+    if args.distribute not in ("auto", "multiworker") or not os.environ.get("TF_CONFIG"):
+        return True
+    try:
+        config = json.loads(os.environ["TF_CONFIG"])
+        task = config.get("task") or {}
+        cluster = config.get("cluster") or {}
+    except (ValueError, AttributeError):
+        raise UsageError("TF_CONFIG is not a JSON object with \"cluster\" and \"task\"") from None
+    if not task.get("type"):
+        return True
+    if task["type"] == "chief":
+        return True
+    return task["type"] == "worker" and int(task.get("index", 0)) == 0 and "chief" not in cluster
 
 
 # Bytes per trained parameter of an optimizer's state (Adafactor keeps only row and column sums).
@@ -116,15 +237,3 @@ def memory_warning(hparams, args, available=None):
     return (f"warning: this run holds at least {needed / gib:.1f} GiB ({said}) before activations, and "
             f"{available / gib:.1f} GiB of memory is available: it will likely run out of memory. Use "
             "--memory_saving_gradients, --optimizer sgd or adafactor, or a smaller model")
-
-
-def available_memory():
-    """Bytes of memory available to a new process (Linux's MemAvailable), or None where unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None

@@ -32,10 +32,10 @@ import numpy as np
 import tensorflow as tf
 
 from gpt2_tf import checkpoint
+from gpt2_tf.bundle import TRAIN_SUFFIX, read_train_state
 from gpt2_tf.files import atomic_write
 from gpt2_tf.optim import describe_state, load_optimizer_state, optimizer_state, state_mismatch
 
-TRAIN_SUFFIX = ".train"
 WEIGHT_SUFFIXES = (".index", ".data-00000-of-00001", ".meta")
 FORMAT = 1
 
@@ -78,15 +78,8 @@ def copy_file(source, target):
 def forget_checkpoint(folder, name):
     """Remove `name` from the folder's `checkpoint` state file (atomically), keeping the others."""
     names = checkpoint.read_state_file(folder)
-    if name not in names:
-        return
-    rest = [n for n in names if n != name]
-    if not rest:
-        os.remove(os.path.join(folder, "checkpoint"))
-        return
-    text = f'model_checkpoint_path: "{rest[-1]}"\n'
-    text += "".join(f'all_model_checkpoint_paths: "{n}"\n' for n in rest)
-    write_text(os.path.join(folder, "checkpoint"), text)
+    if name in names:
+        checkpoint.write_state_file(folder, [n for n in names if n != name])
 
 
 def delete_checkpoint(folder, name):
@@ -106,11 +99,10 @@ def load_train_state(prefix):
     trainer). The state dict has "step", "sampler_rng", "noise_rng", "avg_loss", "optimizer",
     "optimizer_variables" ([path, shape] pairs), "trained_variables", "seed" and "time".
     """
-    folder = prefix + TRAIN_SUFFIX
-    if not os.path.exists(os.path.join(folder, "state.json")):
+    state = read_train_state(prefix)
+    if state is None:
         return None
-    with open(os.path.join(folder, "state.json"), encoding="utf-8") as f:
-        state = json.load(f)
+    folder = prefix + TRAIN_SUFFIX
     arrays = []
     if state["optimizer_variables"]:
         arrays = StoredArrays(os.path.join(folder, "optimizer"), len(state["optimizer_variables"]))
@@ -159,19 +151,25 @@ class RunCheckpoints:
     keep_checkpoint_every_n_hours, never deletes a checkpoint written at least `keep_every_hours`
     after the last one kept that way (they drop out of the state file but stay on disk).
     `aux_files` {name: source path} are copied into the folder once (hparams.json and the tokenizer).
+    With `new_count` (a run restarted with --restore_from fresh), the first save lists only itself in
+    the state file: the checkpoints of the earlier count are no longer listed (their files stay until
+    a save of the same name replaces them).
     """
 
-    def __init__(self, folder, max_to_keep=5, keep_every_hours=2.0, aux_files=None):
+    def __init__(self, folder, max_to_keep=5, keep_every_hours=2.0, aux_files=None, new_count=False):
         self.folder = folder
         self.max_to_keep = max_to_keep
         self.keep_every = keep_every_hours * 3600 if keep_every_hours else None
         self.next_keep_time = time.time() + self.keep_every if self.keep_every else None
         self.aux_files = aux_files or {}
+        self.new_count = new_count
 
     def save(self, step, model, optimizer, state):
         """Write model-<step> with its training state; returns the prefix.
 
         `state` is a JSON-friendly dict (step, random states, ...) stored as model-<step>.train/state.json.
+        When any write fails (a full disk), the files of model-<step> written so far are removed and the
+        state file still names the run's newest complete checkpoint; the error is raised.
         """
         name = f"model-{step}"
         prefix = os.path.join(self.folder, name)
@@ -181,13 +179,17 @@ class RunCheckpoints:
         # delete it first, so that no reader can see a mix of its files and the new ones.
         forget_checkpoint(self.folder, name)
         delete_checkpoint(self.folder, name)
-
-        self._write_train_folder(prefix, step, optimizer, state)
-        checkpoint.save_tensors(weights, prefix, state_file=False)
-        for target, source in self.aux_files.items():
-            copy_file(source, os.path.join(self.folder, target))
-
-        dropped = checkpoint.update_state_file(self.folder, name, self.max_to_keep)
+        try:
+            self._write_train_folder(prefix, step, optimizer, state)
+            checkpoint.save_tensors(weights, prefix, state_file=False)
+            for target, source in self.aux_files.items():
+                copy_file(source, os.path.join(self.folder, target))
+            dropped = checkpoint.update_state_file(self.folder, name, self.max_to_keep,
+                                                   earlier=not self.new_count)
+        except BaseException:
+            delete_checkpoint(self.folder, name)  # not listed: the newest listed checkpoint stays the newest
+            raise
+        self.new_count = False
         for old in dropped:
             if not self._keep_forever(old):
                 delete_checkpoint(self.folder, old)

@@ -1,3 +1,6 @@
+import os
+import subprocess
+
 import pytest
 from gpt2_vocab import VocabNotFound, find_vocab
 from tf1_model import TINY_HPARAMS, write_original_model
@@ -25,3 +28,50 @@ def tiny_model(tmp_path_factory, vocab_dir):
     models_dir = tmp_path_factory.mktemp("models")
     weights = write_original_model(str(models_dir / "tiny"), TINY_HPARAMS, seed=0, vocab_dir=vocab_dir)
     return str(models_dir), "tiny", weights
+
+
+def small_file_system(folder, size, read_only=False):
+    """Mount a tmpfs of `size` (e.g. "24m") at `folder`, read-only if asked; False where mounting is not
+    allowed (not root, or a container without the right)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return False
+    options = f"size={size}" + (",ro" if read_only else "")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                            capture_output=True)
+    return result.returncode == 0
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """An existing folder in which nothing can be written: a read-only file system for root (for whom
+    permissions do not count), else a folder without write permission."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        os.chmod(folder, 0o500)
+        yield folder
+        os.chmod(folder, 0o700)
+        return
+    if not small_file_system(folder, "1m", read_only=True):
+        pytest.skip("cannot make a read-only folder here (root, and mounting is not allowed)")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """mount(size): a folder on a file system of that size (e.g. "24m"), to fill up; unmounted after
+    the test. Skips where mounting is not allowed (it needs root)."""
+    mounted = []
+
+    def mount(size):
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        if not small_file_system(folder, size):
+            pytest.skip("cannot mount a small file system here (it needs root)")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=True)

@@ -17,9 +17,10 @@ def gelu(x):
     return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
-def forward(weights, hparams, tokens, return_hidden=False):
+def forward(weights, hparams, tokens, return_hidden=False, last_only=False):
     """tokens [B, T] -> (logits [B, T, V], kv [B, L, 2, H, T, D]), all float64; with return_hidden
-    also the residual stream [B, L + 1, T, C]: the embeddings, then the output of each block."""
+    also the residual stream [B, L + 1, T, C]: the embeddings, then the output of each block. With
+    last_only, the logits are those of the last position alone, [B, 1, V]."""
     w = {k: np.asarray(v, np.float64) for k, v in weights.items()}
     n_head, n_embd = hparams["n_head"], hparams["n_embd"]
     d = n_embd // n_head
@@ -45,7 +46,7 @@ def forward(weights, hparams, tokens, return_hidden=False):
         h = gelu(h @ w[p + "mlp/c_fc/w"][0] + w[p + "mlp/c_fc/b"])
         x = x + h @ w[p + "mlp/c_proj/w"][0] + w[p + "mlp/c_proj/b"]
         hidden.append(x)
-    x = layer_norm(x, w["model/ln_f/g"], w["model/ln_f/b"])
+    x = layer_norm(x[:, -1:] if last_only else x, w["model/ln_f/g"], w["model/ln_f/b"])
     if return_hidden:
         return x @ w["model/wte"].T, np.stack(kv, axis=1), np.stack(hidden, axis=1)
     return x @ w["model/wte"].T, np.stack(kv, axis=1)

@@ -258,6 +258,8 @@ def test_cli_writes_a_model_folder(corpus, tmp_path):
     assert "600 tokens" in result.stdout and "Merging" in result.stderr
     assert load_hparams(str(out)).to_dict() == dict(n_vocab=600, n_ctx=1024, n_embd=768, n_head=12, n_layer=4)
     assert len(get_encoder("new", str(tmp_path / "models")).encoder) == 600
+    again = run_train_bpe(corpus[0], "--vocab_size", "500", "--out", str(out), "--force", "--quiet")
+    assert again.returncode == 0 and len(get_encoder("new", str(tmp_path / "models")).encoder) == 500
 
 
 def test_cli_errors_are_one_line(corpus, tmp_path):
@@ -286,11 +288,14 @@ BAD_USAGE = [
     (["--out", "{tmp}/a.txt"], "{tmp}/a.txt is a file, not a folder"),
     (["--out", "{tmp}/a.txt/new"], "cannot write to {tmp}/a.txt/new: {tmp}/a.txt is a file, not a folder"),
     (["--out", "{tmp}/trained"], "{tmp}/trained holds a trained model (it has a checkpoint)"),
+    (["--out", "{tmp}/vocab"], "{tmp}/vocab already holds a vocabulary (encoder.json): datasets encoded "
+                               "with it would no longer match; choose a new folder, or pass --force"),
     (["--encoding", "no-such-codec"], "encoding 'no-such-codec'"),
     (["--encoding", "hex"], "'hex' is not a text encoding"),
     (["{tmp}/missing.txt"], "{tmp}/missing.txt: no such file or folder"),
     (["{tmp}/*.md"], "{tmp}/*.md: no files match this pattern"),
-    (["{tmp}/binary"], "{tmp}/binary: no text files in this folder (skipped 1 file holding NUL bytes)"),
+    (["{tmp}/binary"], "{tmp}/binary: no text files in this folder (skipped 1 file holding NUL bytes or "
+                       "misnamed as token files)"),
     (["--vocab_size"], "--vocab_size: expected one argument"),
 ]
 
@@ -302,6 +307,8 @@ def test_cli_refuses_bad_usage_before_any_work(tmp_path, args, message):
     (tmp_path / "binary" / "blob").write_bytes(b"\x7fELF\0\0\0")
     (tmp_path / "trained").mkdir()
     (tmp_path / "trained" / "checkpoint").write_text('model_checkpoint_path: "model-10"\n')
+    (tmp_path / "vocab").mkdir()
+    (tmp_path / "vocab" / "encoder.json").write_text("{}")
     before = snapshot(tmp_path)
     args = [arg.format(tmp=tmp_path) for arg in args]
     result = run_train_bpe(str(tmp_path / "a.txt"), "--vocab_size", "300", "--out", str(tmp_path / "new"),

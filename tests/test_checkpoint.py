@@ -54,6 +54,16 @@ def test_missing_unexpected_and_misshaped_tensors_are_named(tiny_model, tmp_path
     np.testing.assert_array_equal(model.wte.numpy(), before)
 
 
+def test_a_checkpoint_of_another_shape_is_one_short_line(tiny_model):
+    models_dir, name, _ = tiny_model
+    other = GPT2({**TINY_HPARAMS, "n_layer": 3, "n_embd": 48})
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.restore(other, os.path.join(models_dir, name))
+    prefix = os.path.join(models_dir, name, "model.ckpt")
+    assert str(e.value) == (f"checkpoint {prefix} does not fit the model: the checkpoint is 2 layers x 32, "
+                            "n_ctx 64, n_vocab 50257, the model 3 layers x 48, n_ctx 64, n_vocab 50257")
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint"):
         checkpoint.latest(str(tmp_path))

@@ -24,9 +24,9 @@ def script_env():
     return env
 
 
-def run_script(name, *argv, cwd=None, timeout=300):
+def run_script(name, *argv, cwd=None, timeout=300, env=None):
     return subprocess.run([sys.executable, os.path.join(ROOT, name), *argv], capture_output=True, text=True,
-                          env=script_env(), cwd=cwd, timeout=timeout)
+                          env=env or script_env(), cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,8 @@ def test_scripts_print_no_tensorflow_log_lines(tmp_path, tiny_model, corpus):
     model = ["--models_dir", models_dir, "--model_name", name]
     runs = [
         run_script("sample.py", *model, "--length", "4", "--seed", "1"),
+        # TensorFlow's usual way of asking for quiet must not give more lines than nothing does.
+        run_script("sample.py", *model, "--length", "2", env={**script_env(), "TF_CPP_MIN_LOG_LEVEL": "3"}),
         run_script("train.py", *model, "--dataset", corpus, "--steps", "2", "--sample_every", "2",
                    "--sample_length", "8", "--checkpoint_dir", str(tmp_path / "ckpt"),
                    "--sample_dir", str(tmp_path / "samples")),
@@ -58,7 +60,31 @@ def test_scripts_print_no_tensorflow_log_lines(tmp_path, tiny_model, corpus):
     assert runs[-2].returncode == runs[-1].returncode == 2
     for out in runs:
         assert not TF_LOG.search(out.stderr), (out.args[1], out.stderr)
-    assert "SAMPLE 1" in runs[0].stdout and "Saving" in runs[1].stdout
+    assert "SAMPLE 1" in runs[0].stdout and "SAMPLE 1" in runs[1].stdout and "Saving" in runs[2].stdout
+
+
+def test_console_scripts_name_themselves_as_they_were_called(tmp_path):
+    """`gpt2-download` says `gpt2-download: error`, as `download_model.py` says `download_model.py: error`."""
+    bin_dir = os.path.dirname(sys.executable)
+    for script, command in (("download_model.py", "gpt2-download"), ("encode.py", "gpt2-encode")):
+        if not os.path.exists(os.path.join(bin_dir, command)):
+            pytest.skip(f"{command} is not installed (pip install -e .)")
+        for argv in ([sys.executable, os.path.join(ROOT, script)], [os.path.join(bin_dir, command)]):
+            bad = "999M" if "download" in script else "--nonsense"
+            result = subprocess.run([*argv, bad], capture_output=True, text=True, env=script_env(),
+                                    cwd=tmp_path, timeout=60)
+            name = os.path.basename(argv[-1])
+            assert result.returncode == 2 and result.stderr.splitlines()[-1].startswith(f"{name}: error: ")
+
+
+def test_extras_have_their_normalised_names():
+    """pip 23 finds an extra only by its normalised name (PEP 685): `keras-hub`, never `keras_hub`."""
+    tree = ast.parse(open(os.path.join(ROOT, "setup.py"), encoding="utf-8").read())
+    call = next(node for node in ast.walk(tree)
+                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setup")
+    extras = next(k.value for k in call.keywords if k.arg == "extras_require")
+    names = [key.value for key in extras.keys]
+    assert "keras-hub" in names and all(re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", n) for n in names), names
 
 
 def test_verbose_shows_tensorflow_logs(tiny_model):

@@ -258,7 +258,8 @@ def test_list_files_errors_leave_naming_the_path_to_the_caller(enc, tmp_path):
     expected = {"missing.txt": "no such file or folder",
                 "*.md": "no files match this pattern",
                 "empty": "no files in this folder (hidden files and __pycache__ folders are not read)",
-                "binary": "no text files in this folder (skipped 1 file holding NUL bytes)",
+                "binary": "no text files in this folder (skipped 1 file holding NUL bytes or misnamed as "
+                          "token files)",
                 "empty.txt": "no text: the input is empty"}
     for name, message in expected.items():
         path = str(tmp_path / name)

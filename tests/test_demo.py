@@ -8,12 +8,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from gpt2_tf.checkpoint import load_model
 from gpt2_tf.encoder import get_encoder
 from gpt2_tf.hparams import load_hparams
 
 
+@pytest.mark.slow
 def test_quick_demo_learns(tmp_path):
     out = subprocess.run([sys.executable, "-m", "gpt2_tf.demo", "--quick", "--work_dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=600)
@@ -43,8 +45,12 @@ def test_quick_demo_learns(tmp_path):
     trained = subprocess.run([sys.executable, *commands[2][1:], "--steps", "2"], cwd=root,
                              capture_output=True, text=True)
     assert trained.returncode == 0 and "[62 |" in trained.stdout, trained.stdout[-2000:] + trained.stderr
+    # It goes on with the demo's own optimizer and schedule, whose state it loads.
+    assert "Resuming with the run's own --optimizer adamw" in trained.stderr
+    assert "not used" not in trained.stderr
 
 
+@pytest.mark.slow
 def test_scratch_run_resumes_with_its_own_shape(tmp_path, tiny_model):
     models_dir, name, _ = tiny_model
     corpus = tmp_path / "corpus.txt"
@@ -63,10 +69,18 @@ def test_scratch_run_resumes_with_its_own_shape(tmp_path, tiny_model):
     assert "Loading checkpoint" in second.stdout and "[6 |" in second.stdout
     model, hparams = load_model(str(tmp_path / "ckpt" / "run1"))
     assert (hparams.n_layer, hparams.n_embd, hparams.n_ctx) == (1, 16, 32)
-    bad = subprocess.run(base[:2] + base[4:] + ["--n_layer", "1"], capture_output=True, text=True)
-    assert bad.returncode != 0 and "for --init scratch only" in bad.stderr
+    # Resumed without --init scratch, the run keeps its shape and its optimizer and schedule.
+    third = subprocess.run(base[:2] + base[4:] + ["--steps", "1"], capture_output=True, text=True,
+                           timeout=300)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "[7 |" in third.stdout and "not used" not in third.stderr
+    reshaped = subprocess.run(base + ["--n_layer", "2", "--steps", "1"], capture_output=True, text=True,
+                              timeout=300)
+    assert reshaped.returncode == 2 and "--n_layer 2: the run" in reshaped.stderr
+    assert len(reshaped.stderr.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_its_smoke_mode_without_an_accelerator():
     """bench/gpu_check.py, on a machine without an accelerator, runs its tiny CPU smoke run and exits 0."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -288,7 +288,8 @@ def test_cli_encodes_several_inputs_skipping_what_is_not_text(vocab_dir, tmp_pat
     project = tmp_path / "project"
     files = {"a.py": "print('a')\n", "sub/b.py": "def b():\n    return 2\n",
              ".git/index": b"DIRC\0\0\0\2binary index", ".git/HEAD": "ref: refs/heads/main\n",
-             "__pycache__/a.cpython-312.pyc": b"\xcb\r\r\n\0\0\0\0code", "logo.png": b"\x89PNG\r\n\x1a\n\0\0"}
+             "__pycache__/a.cpython-312.pyc": b"\xcb\r\r\n\0\0\0\0code", "logo.png": b"\x89PNG\r\n\x1a\n\0\0",
+             "blob.bin": b"12345", "notes.npz": "not a zip archive\n"}
     for name, data in files.items():
         path = project / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -302,15 +303,19 @@ def test_cli_encodes_several_inputs_skipping_what_is_not_text(vocab_dir, tmp_pat
                         str(tmp_path / "docs" / "*.txt"), str(tmp_path / "out.npz"))
     assert result.returncode == 0, result.stderr
     skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
-    assert skipped == [f"skipped {project / 'logo.png'}: not text (it holds NUL bytes)",
+    assert skipped == [f"skipped {project / 'blob.bin'}: not the token file its name says",
+                       f"skipped {project / 'logo.png'}: not text (it holds NUL bytes)",
+                       f"skipped {project / 'notes.npz'}: not the token file its name says",
                        f"skipped {tmp_path / 'docs' / 'blob.txt'}: not text (it holds NUL bytes)"]
     summary = result.stdout.splitlines()[-1]
-    assert summary.startswith("5 files (2 more skipped as not text), ")
+    assert summary.startswith("5 files (4 more skipped as not text), ")
     texts = ["The first input.", "print('a')\n", "def b():\n    return 2\n", "Document x.txt.",
              "Document y.txt."]
     with np.load(tmp_path / "out.npz") as npz:
         chunks = [npz[name].tolist() for name in npz.files]
     assert chunks == [enc.encode(text) for text in texts]  # --combine 0: a chunk per file
-    # A binary file named explicitly is read as given.
+    # A binary file named explicitly is read as given; a .bin named explicitly is read as token ids.
     result = run_encode(vocab_dir, str(project / ".git" / "index"), str(tmp_path / "index.npz"))
     assert result.returncode == 0 and "1 file, " in result.stdout, result.stderr
+    result = run_encode(vocab_dir, str(project / "blob.bin"), str(tmp_path / "blob.npz"))
+    assert result.returncode == 2 and "5 bytes is not a whole number of uint16 token ids" in result.stderr

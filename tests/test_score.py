@@ -214,6 +214,7 @@ def test_score_script_table_json_tsv_html(loaded, tiny_model, tmp_path, vocab_di
     assert page.count("<span") == total["tokens"] and "<script" not in page and "http" not in page
 
 
+@pytest.mark.slow
 def test_npz_input_gives_token_figures_only(loaded, tiny_model, tmp_path):
     models_dir, name, _ = tiny_model
     rng = np.random.default_rng(3)

@@ -150,6 +150,7 @@ def test_saved_model_layout_and_size(exported, tiny_model):
     assert total - variables < 6e6  # the graphs and the vocabulary (about 2 MB of tables), no weights
 
 
+@pytest.mark.slow
 def test_a_plain_tensorflow_client_gets_sample_py_and_score_py_results(exported, tiny_model, enc, tmp_path):
     prompts = ["Hello there", "A much longer prompt, with punctuation and some more words in it.", "x"]
     ids, lengths = padded([enc.encode(p) for p in prompts])
@@ -215,6 +216,7 @@ def test_a_plain_tensorflow_client_gets_sample_py_and_score_py_results(exported,
     assert "max_new_tokens must be at least 1" in zero_error["error"]
 
 
+@pytest.mark.slow
 def test_saved_model_cli_shows_and_runs_the_signatures(exported):
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -199,6 +199,10 @@ def test_model_n_holds_n_updates_and_fresh_restarts_the_count(tmp_path, tiny_mod
     assert read_counter(run_dir) == 1
     assert_same_weights(weights(str(run_dir / "model-1")), one)  # one update from the base: model-1
     assert checkpoint.latest(str(run_dir)).endswith("model-1")
+    # The earlier count's model-2 is no longer listed (it would look newer than the new count's
+    # checkpoints to a pruning or a reader of the list), and stays on disk until replaced.
+    assert checkpoint.read_state_file(str(run_dir)) == ["model-1"]
+    assert (run_dir / "model-2.index").exists()
 
 
 def test_resume_continues_exactly(tmp_path, tiny_model, data, capsys):
@@ -537,10 +541,10 @@ def test_old_checkpoints_are_pruned_but_one_every_n_hours_is_kept(tmp_path, tiny
     assert not (tmp_path / "model-2.index").exists() and not (tmp_path / "model-2.train").exists()
 
 
-def start_training(tmp_path, tiny_model, data, *extra):
+def start_training(tmp_path, tiny_model, data, *extra, stderr=subprocess.DEVNULL):
     argv = flags(tmp_path, tiny_model, data, *extra)
     return subprocess.Popen([sys.executable, train_script.__file__, *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=SUBPROCESS_ENV)
+                            stderr=stderr, text=True, env=SUBPROCESS_ENV)
 
 
 def read_until(process, pattern, timeout=120):
@@ -559,17 +563,18 @@ def read_until(process, pattern, timeout=120):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signals_save_and_exit_0(tmp_path, tiny_model, data, sig):
-    process = start_training(tmp_path, tiny_model, data)
+def test_signals_save_and_exit_128_plus_the_signal(tmp_path, tiny_model, data, sig):
+    process = start_training(tmp_path, tiny_model, data, stderr=subprocess.PIPE)
     read_until(process, r"^\[3 \| ")
     process.send_signal(sig)
-    out, _ = process.communicate(timeout=60)
-    assert process.returncode == 0
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + sig  # 143 for SIGTERM, 130 for Ctrl-C, as shells report them
     lines = out.splitlines()
     last = max(step_losses(lines) or {3: 0})
     assert "interrupted" in lines
     run_dir = tmp_path / "checkpoint" / "run1"
     assert lines[-1] == f"Saving {run_dir}/model-{last}"
+    assert err.splitlines()[-1] == f"train.py: interrupted; saved {run_dir}/model-{last}"
     assert checkpoint.latest(str(run_dir)).endswith(f"model-{last}") and read_counter(run_dir) == last
 
 
@@ -635,6 +640,7 @@ def test_two_replicas_match_one_device(tmp_path, tiny_model, data, capsys):
                         weights(str(tmp_path / "checkpoint" / "one")), atol=2e-5)
 
 
+@pytest.mark.slow
 def test_two_replicas_match_one_device_in_bf16(tmp_path, tiny_model, data, capsys):
     """Every replica reads bfloat16 copies of the weights, which each update refreshes: after three
     SGD updates, two replicas moved the weights as one device did, up to bfloat16 rounding."""
