@@ -45,8 +45,9 @@ import numpy as np
 
 from gpt2_tf import safetensors_file
 from gpt2_tf.bundle import latest_prefix, read_bundle
+from gpt2_tf.cli import describe
 from gpt2_tf.encoder import ENDOFTEXT, load_encoder_files
-from gpt2_tf.files import atomic_write
+from gpt2_tf.files import WriteError, atomic_write
 from gpt2_tf.hparams import HParams, load_hparams, save_hparams
 
 FORMATS = ("tf1", "hf", "keras_hub", "saved_model")  # saved_model is written, not read
@@ -521,7 +522,8 @@ def write_json(path, value):
 @contextlib.contextmanager
 def new_folder(dst):
     """A temporary folder beside `dst` to write into; renamed to `dst` when the block completes, removed
-    if it fails. `dst` must not exist, or be an empty folder."""
+    if it fails. `dst` must not exist, or be an empty folder. A failed write (a full disk) is a
+    WriteError about `dst`, never naming the temporary folder."""
     if os.path.exists(dst) and not (os.path.isdir(dst) and not os.listdir(dst)):
         raise ConvertError(f"{dst} already exists; give a new folder")
     parent = os.path.dirname(os.path.abspath(dst))
@@ -535,9 +537,14 @@ def new_folder(dst):
         if os.path.isdir(dst):
             os.rmdir(dst)
         os.rename(tmp, dst)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if isinstance(e, BrokenPipeError) or not (isinstance(e, OSError) or type(e).__name__ ==
+                                                  "ResourceExhaustedError"):
+            raise
+        errno = getattr(e, "errno", None)
+        reason = os.strerror(errno) if isinstance(errno, int) else describe(e)
+        raise WriteError(errno, f"cannot write {dst}: {reason}") from None
 
 
 def say(progress, message):
