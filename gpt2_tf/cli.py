@@ -347,6 +347,10 @@ TF_LOG_LINE = re.compile(
     rb"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags"
 )
 
+# The log lines that are let through all the same: a GPU that TensorFlow found but cannot use (CUDA or
+# cuDNN libraries missing) would otherwise make a run fall back to the CPU in silence.
+TF_LOG_KEPT = re.compile(rb"Cannot dlopen some GPU libraries|Skipping registering GPU devices")
+
 _quiet = False
 
 
@@ -384,7 +388,7 @@ def _pass_on(read_end, terminal):
             break
         *lines, pending = (pending + data).split(b"\n")
         for line in lines:
-            if not TF_LOG_LINE.match(line):
+            if not TF_LOG_LINE.match(line) or TF_LOG_KEPT.search(line):
                 os.write(terminal, line + b"\n")
-    if pending and not TF_LOG_LINE.match(pending):
+    if pending and (not TF_LOG_LINE.match(pending) or TF_LOG_KEPT.search(pending)):
         os.write(terminal, pending)

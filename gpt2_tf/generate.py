@@ -8,6 +8,7 @@ import numpy as np
 
 from gpt2_tf.checkpoint import CheckpointError, load_model, nonfinite
 from gpt2_tf.cli import UsageError
+from gpt2_tf.devices import emulated_bfloat16, grow_gpu_memory
 from gpt2_tf.model_flags import find_model
 from gpt2_tf.prompts import fit, prepare
 from gpt2_tf.sample import Generator
@@ -97,6 +98,11 @@ def run(args, out=None, prepared=None):
     `prepared`: what `prompts.prepare(args)` returned, when the caller has checked the flags."""
     out = out or sys.stdout
     prepared = prepared or prepare(args)
+    grow_gpu_memory()
+    emulated = emulated_bfloat16() if args.dtype == "bfloat16" else None
+    if emulated:
+        print(f"warning: {emulated} has no bfloat16 arithmetic (it is emulated, slower than float32); leave "
+              "--dtype out", file=sys.stderr, flush=True)
     model, hparams, _ = load(files=prepared.files, dtype=args.dtype)
     enc = prepared.enc
     generator = Generator(model, jit_compile=args.compile)

@@ -128,6 +128,7 @@ def run(args, out=None, checked=None):
     requested files. `checked`: what lens.py's check_args returned (the model's files, the encoder,
     the prompt's tokens, the watched ids)."""
     from gpt2_tf import lens_report
+    from gpt2_tf.devices import grow_gpu_memory
     from gpt2_tf.files import is_stdout
     from gpt2_tf.generate import load
     from gpt2_tf.sample import sample_sequence
@@ -135,6 +136,7 @@ def run(args, out=None, checked=None):
     files, enc, prompt, watch_ids = checked
     outputs = [getattr(args, flag) for flag in ("json", "html", "png") if getattr(args, flag)]
     out = out or (sys.stderr if any(is_stdout(path) for path in outputs) else sys.stdout)
+    grow_gpu_memory()
     model, hparams, _ = load(files=files)
     position = len(prompt) - 1 if args.position is None else args.position
     tokens = prompt

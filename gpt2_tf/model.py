@@ -81,12 +81,18 @@ def gelu(x):
 
 
 def norm(x, g, b, epsilon):
-    """Layer normalization over the last axis, with the biased variance. x [..., C]; g, b [C]; epsilon []."""
+    """Layer normalization over the last axis, with the biased variance. x [..., C]; g, b [C]; epsilon [].
+
+    Computed in float32 for half-precision x and cast back, as PyTorch's autocast and Keras'
+    LayerNormalization do: float16 cannot hold the square of a value 256 from its row's mean.
+    """
     if KERNELS:
         return ops.norm(x, g, b, epsilon)
+    dtype = x.dtype
+    x, g, b, epsilon = (tf.cast(t, tf.float32) for t in (x, g, b, epsilon))
     u = tf.reduce_mean(x, axis=-1, keepdims=True)
     s = tf.reduce_mean(tf.square(x - u), axis=-1, keepdims=True)
-    return (x - u) * tf.math.rsqrt(s + epsilon) * g + b
+    return tf.cast((x - u) * tf.math.rsqrt(s + epsilon) * g + b, dtype)
 
 
 class Norm(keras.layers.Layer):

@@ -49,10 +49,14 @@ def gelu_grad(x, dy):
 
 @tf.custom_gradient
 def norm(x, g, b, epsilon):
-    """model.norm, keeping only x for the backward pass. x: [..., C]; g, b: [C]; epsilon: []."""
-    u = tf.reduce_mean(x, axis=-1, keepdims=True)
-    s = tf.reduce_mean(tf.square(x - u), axis=-1, keepdims=True)
-    y = (x - u) * tf.math.rsqrt(s + epsilon) * g + b
+    """model.norm, keeping only x for the backward pass. x: [..., C]; g, b: [C]; epsilon: [].
+
+    In float32 whatever the input type, as model.norm (and its gradient, `norm_grad`).
+    """
+    x32, g32, b32, epsilon32 = (tf.cast(t, tf.float32) for t in (x, g, b, epsilon))
+    u = tf.reduce_mean(x32, axis=-1, keepdims=True)
+    s = tf.reduce_mean(tf.square(x32 - u), axis=-1, keepdims=True)
+    y = tf.cast((x32 - u) * tf.math.rsqrt(s + epsilon32) * g32 + b32, x.dtype)
     return y, lambda dy: norm_grad(x, g, epsilon, dy) + (None,)
 
 
@@ -134,8 +138,7 @@ def attend(q, k, v, b):
     a = tf.matmul(tf.cast(attention_weights(q, k, b), v.dtype), v)
 
     def grad(da):
-        with tf.control_dependencies([da]):  # computed again after the forward pass, not kept
-            q_again = tf.identity(q)
+        q_again = after(q, da)  # so that the weights are computed again, not kept from the forward pass
         w = attention_weights(q_again, k, b)
         dv = tf.matmul(tf.cast(w, v.dtype), da, transpose_a=True)
         dw = tf.matmul(da, v, transpose_b=True)
@@ -145,6 +148,17 @@ def attend(q, k, v, b):
         return tf.matmul(ds, k), tf.matmul(ds, q, transpose_a=True), dv, None
 
     return a, grad
+
+
+def after(x, y):
+    """x, as a value that exists only once y does. In a graph a control dependency does it; XLA drops
+    those and would find x's recomputation equal to its first computation and keep that instead (the
+    [T, S] attention weights of every head, through the backward pass): an optimization barrier that
+    holds x and y together stops it."""
+    if in_xla():
+        return xla.optimization_barrier(x, y)[0]
+    with tf.control_dependencies([y]):
+        return tf.identity(x)
 
 
 def attention_weights(q, k, b):
@@ -200,12 +214,23 @@ def write_cache(cache, new, position):
 
     In place under XLA (dynamic_update_slice), where a concatenation would copy the whole cache at
     every decoding step. A position of shape [N] writes each row's one new entry (T = 1) at its own
-    position, with a scatter.
+    position, with a scatter. Outside XLA a half-precision cache is scattered as int64 words (its bits
+    four at a time, moved exactly): TensorFlow has no float16 or bfloat16 GPU kernel for the scatter,
+    which would run on the CPU, copying the cache there and back at every step.
     """
     if per_row(position):
         rows = tf.stack([tf.range(tf.shape(cache)[0]), position], axis=1)
-        return tf.tensor_scatter_nd_update(cache, rows, new[:, 0])
+        half = cache.dtype in (tf.float16, tf.bfloat16) and cache.shape[-1] % 4 == 0 and not in_xla()
+        if not half:
+            return tf.tensor_scatter_nd_update(cache, rows, new[:, 0])
+        written = tf.tensor_scatter_nd_update(as_words(cache), rows, as_words(new[:, 0]))
+        return tf.reshape(tf.bitcast(written, cache.dtype), tf.shape(cache))
     return xla.dynamic_update_slice(cache, new, tf.stack([0, tf.cast(position, tf.int32), 0]))
+
+
+def as_words(x):
+    """A 16-bit tensor [..., D] (D a multiple of 4) as int64 [..., D / 4]: the same bits, not copied."""
+    return tf.bitcast(tf.reshape(x, tf.concat([tf.shape(x)[:-1], [-1, 4]], 0)), tf.int64)
 
 
 @tf.custom_gradient

@@ -24,23 +24,23 @@ OPTIMIZERS = ("adam", "sgd", "adafactor", "adamw")
 DISPLAY_NAMES = {"adam": "Adam", "sgd": "SGD", "adafactor": "Adafactor", "adamw": "AdamW"}
 
 
-def make_optimizer(name, learning_rate, loss_scaling=False, weight_decay=0.1, grad_clip=None):
+def make_optimizer(name, learning_rate, loss_scaling=False, weight_decay=0.1):
     """A Keras optimizer for `name` (one of OPTIMIZERS).
 
     learning_rate: a number or a schedule (`learning_rate_schedule`). weight_decay: for adamw only
-    (decoupled, as in the AdamW paper; exclude variables with `exclude_from_weight_decay`).
-    grad_clip: clip the gradients to this global norm before each update (None: no clipping).
+    (decoupled, as in the AdamW paper; exclude variables with `exclude_from_weight_decay`). Gradient
+    clipping is train.TrainStep's (`grad_clip`): Keras' own clips each replica's gradients before
+    they are summed.
     """
-    clip = {"global_clipnorm": grad_clip} if grad_clip else {}
     if name == "adam":
-        optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8, **clip)
+        optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
     elif name == "sgd":
-        optimizer = keras.optimizers.SGD(learning_rate, **clip)
+        optimizer = keras.optimizers.SGD(learning_rate)
     elif name == "adafactor":
-        optimizer = FactoredAdafactor(learning_rate, **clip)
+        optimizer = FactoredAdafactor(learning_rate)
     elif name == "adamw":
         optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, beta_1=0.9,
-                                           beta_2=0.95, epsilon=1e-8, **clip)
+                                           beta_2=0.95, epsilon=1e-8)
     else:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
     if loss_scaling:

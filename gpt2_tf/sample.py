@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from gpt2_tf.model import softmax
+from gpt2_tf.ops import in_xla
 
 # Prompts are padded up to a multiple of this, so that prompts of different lengths share one
 # compiled function (the padding positions are masked out and then overwritten).
@@ -67,24 +68,32 @@ def top_p_logits(logits, p):
 
 
 def _top_p(logits, p):
-    keys = _order_keys(logits)
+    # Outside XLA the keys are int64: TensorFlow's GPU kernels keep int32 tensors in host memory, and
+    # the [B, V] keys would be copied there and back at each of the bisection's comparisons.
+    wide = not in_xla()
+    keys = _order_keys(logits, wide)
     probs = softmax(tf.cast(logits, tf.float32))
-    # Keep the keys above t*, the largest t such that the tokens above t hold at least p.
+    # Keep the keys above t*, the largest t such that the tokens above t hold at least p. The bounds
+    # come from the keys of the smallest and largest logits (the keys keep their order), one wider
+    # each way for -0.0 and +0.0, which compare equal and have keys -1 and 0.
     above = _bisect(lambda t: tf.reduce_sum(tf.where(keys > t, probs, 0.0), axis=-1, keepdims=True) >= p,
-                    lo=_wide(tf.reduce_min(keys, axis=-1, keepdims=True)) - 1,
-                    hi=_wide(tf.reduce_max(keys, axis=-1, keepdims=True)))
+                    lo=_wide(_order_keys(tf.reduce_min(logits, axis=-1, keepdims=True))) - 2,
+                    hi=_wide(_order_keys(tf.reduce_max(logits, axis=-1, keepdims=True))) + 1,
+                    dtype=keys.dtype)
     return tf.where(keys > above, logits, tf.cast(-1e10, logits.dtype))
 
 
-def _order_keys(logits):
-    """int32 keys in the order of the float logits [B, V]: the float bits, negatives' magnitude bits
-    flipped.
+def _order_keys(logits, wide=False):
+    """int32 keys (int64 when `wide`) in the order of the float logits [B, V]: the float bits,
+    negatives' magnitude bits flipped.
 
     Thresholds are found by bisection on these keys rather than by sorting the vocabulary, which
     XLA does slowly on a CPU; the result is the same.
     """
     bits = tf.bitcast(tf.cast(logits, tf.float32), tf.int32)
-    return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, 0x7FFFFFFF), bits)
+    if wide:
+        bits = tf.cast(bits, tf.int64)
+    return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, tf.cast(0x7FFFFFFF, bits.dtype)), bits)
 
 
 def _wide(keys):
@@ -92,18 +101,18 @@ def _wide(keys):
     return tf.cast(keys, tf.int64)
 
 
-def _bisect(ok, lo, hi):
+def _bisect(ok, lo, hi, dtype=tf.int32):
     """The largest t in [lo, hi) with ok(t), per row, for ok true up to some t and false above.
 
-    lo, hi: [B, 1] int64 with ok(lo) true and ok(hi) false; ok takes t as int32 (a key).
-    33 halvings cover any int32 range. Returns t, [B, 1] int32.
+    lo, hi: [B, 1] int64 with ok(lo) true and ok(hi) false; ok takes t as `dtype` (a key's).
+    33 halvings cover any int32 range. Returns t, [B, 1] of `dtype`.
     """
     for _ in range(33):
         mid = (lo + hi) // 2
-        good = ok(tf.cast(mid, tf.int32))
+        good = ok(tf.cast(mid, dtype))
         lo = tf.where(good, mid, lo)
         hi = tf.where(good, hi, mid)
-    return tf.cast(lo, tf.int32)
+    return tf.cast(lo, dtype)
 
 
 def choose(logits, temperature, top_k, top_p, keys, step, xla=False):
@@ -176,7 +185,9 @@ def argmax(x):
     took 1.4 ms per decoding step with it and 0.8 ms this way (TF profiler).
     """
     largest = x == tf.reduce_max(x, axis=-1, keepdims=True)
-    return tf.reduce_min(tf.where(largest, tf.range(tf.shape(x)[-1]), tf.int32.max), axis=-1)
+    # The indices as float32 (exact below 2^24): TensorFlow's GPU kernels reduce no int32.
+    index = tf.range(tf.cast(tf.shape(x)[-1], tf.float32))
+    return tf.cast(tf.reduce_min(tf.where(largest, index, float("inf")), axis=-1), tf.int32)
 
 
 def default_jit_compile(dtype="float32"):

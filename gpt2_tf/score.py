@@ -47,7 +47,9 @@ def next_token_scores(model, inputs, targets, details=False):
 def rank(logits, ids):
     """1 + the number of tokens with larger logits than each of ids: logits [N, V], ids [N, W] -> [N, W]."""
     picked = tf.gather(logits, ids, batch_dims=1)  # [N, W]
-    return 1 + tf.reduce_sum(tf.cast(logits[:, None, :] > picked[:, :, None], tf.int32), axis=-1)
+    # Counted in float32 (exact below 2^24): TensorFlow's GPU kernels sum no int32 (it would run on the CPU).
+    larger = tf.reduce_sum(tf.cast(logits[:, None, :] > picked[:, :, None], tf.float32), axis=-1)
+    return 1 + tf.cast(larger, tf.int32)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -103,11 +103,13 @@ def run(args, files, out=None, model=None):
     """score.py: load the model (the ModelFiles `model`, else the one the flags name) and the documents
     of `files`, score them, print the table to `out` (default stdout; stderr when a file is written to
     standard output) and write the requested files. Returns the totals."""
+    from gpt2_tf.devices import grow_gpu_memory
     from gpt2_tf.generate import load
     from gpt2_tf.score import figures, load_documents, score_documents, totals
 
     outputs = [getattr(args, flag) for flag in ("json", "tsv", "html") if getattr(args, flag)]
     out = out or (sys.stderr if any(is_stdout(path) for path in outputs) else sys.stdout)
+    grow_gpu_memory()
     model, hparams, enc = load(args.model_name, args.models_dir, args.run_name, args.checkpoint_dir,
                                dtype=args.dtype, files=model)
     context = args.context or hparams.n_ctx

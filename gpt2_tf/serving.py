@@ -85,13 +85,15 @@ def generate_ids(model, eot, input_ids, lengths, max_new_tokens, temperature, to
     longest = tf.reduce_max(lengths)
     checks = [
         tf.debugging.assert_positive(max_new_tokens, message="max_new_tokens must be at least 1"),
+        check_ids(model, input_ids, lengths),
         tf.debugging.assert_less_equal(
             longest + max_new_tokens - 1, n_ctx,
             message=f"the longest prompt and max_new_tokens together pass the n_ctx = {n_ctx} positions of "
                     "the model (the last new token is not fed back, so they may make n_ctx + 1)"),
     ]
-    with tf.control_dependencies(checks):
-        size, width = longest + max_new_tokens - 1, longest
+    with tf.control_dependencies(checks):  # nothing is computed from a request that fails them
+        input_ids = tf.identity(input_ids)
+        size, width = longest + max_new_tokens - 1, tf.identity(longest)
     if xla:
         size = bucketed(size, n_ctx)
         width = bucketed(longest, n_ctx)
@@ -121,12 +123,23 @@ def score(model, eot, input_ids, lengths):
         tf.shape(input_ids)[1], n_ctx,
         message=f"score takes at most n_ctx = {n_ctx} tokens per row; score.py scores longer text with a "
                 "sliding window")
-    with tf.control_dependencies([check]):
+    with tf.control_dependencies([check, check_ids(model, input_ids, lengths)]):
+        input_ids = tf.identity(input_ids)
         batch = tf.shape(input_ids)[0]
     inputs = tf.concat([tf.fill([batch, 1], eot), input_ids[:, :-1]], 1)
     loss = next_token_scores(model, inputs, input_ids)["loss"]
     inside = tf.range(tf.shape(input_ids)[1])[None] < lengths[:, None]
     return {"log_probs": tf.where(inside, -loss, 0.0)}
+
+
+def check_ids(model, input_ids, lengths):
+    """An assertion that every token id within the rows' lengths is in the vocabulary: out of range,
+    a GPU's gather reads zeros and XLA's clamps, so a client's mistake would pass as text."""
+    n_vocab = model.hparams.n_vocab
+    inside = tf.range(tf.shape(input_ids)[1])[None] < lengths[:, None]
+    bad = inside & ((input_ids < 0) | (input_ids >= n_vocab))
+    return tf.debugging.Assert(~tf.reduce_any(bad), [f"input_ids must be token ids from 0 to {n_vocab - 1}; "
+                                                      "got", tf.boolean_mask(input_ids, bad)], summarize=5)
 
 
 def row_keys(seed, batch):

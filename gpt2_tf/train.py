@@ -40,6 +40,15 @@ from gpt2_tf import checkpoint
 from gpt2_tf.bundle import CheckpointMismatch
 from gpt2_tf.cli import Interrupted, UsageError, describe
 from gpt2_tf.dataset import DatasetError, Sampler, default_jobs, list_files, load_dataset
+from gpt2_tf.devices import (
+    default_compile,
+    device_memory,
+    emulated_bfloat16,
+    is_chief,
+    make_strategy,
+    num_workers,
+    summary,
+)
 from gpt2_tf.encoder import Encoder, get_encoder
 from gpt2_tf.files import WriteError, atomic_write
 from gpt2_tf.hparams import HParams, save_hparams
@@ -75,67 +84,6 @@ def say(*values):
 
 # ---------------------------------------------------------------------------------------------------
 # Set-up: checks, model, optimizer, devices.
-
-
-def make_strategy(kind="auto"):
-    """The tf.distribute strategy for --distribute.
-
-    auto: a TPU when TPU_NAME is set; several workers when TF_CONFIG is set; all GPUs when there are
-    several; else the default (one device). mirrored: every GPU, or with none every logical CPU
-    device (for testing). multiworker: MultiWorkerMirroredStrategy from TF_CONFIG. tpu: TPUStrategy.
-    Must run before any other TensorFlow work in the process (multi-worker set-up needs that).
-    """
-    if kind == "auto":
-        if os.environ.get("TPU_NAME"):
-            kind = "tpu"
-        elif os.environ.get("TF_CONFIG"):
-            kind = "multiworker"
-        elif len(tf.config.list_logical_devices("GPU")) > 1:
-            kind = "mirrored"
-        else:
-            kind = "none"
-    if kind == "none":
-        return tf.distribute.get_strategy()
-    if kind == "mirrored":
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in devices])
-    if kind == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if kind == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(os.environ.get("TPU_NAME", ""))
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
-    raise UsageError(f"unknown --distribute {kind!r}")
-
-
-def num_workers(strategy):
-    """How many processes (machines) train together: 1 unless the cluster has several workers."""
-    resolver = strategy.cluster_resolver
-    if resolver is None or not resolver.task_type:
-        return 1
-    spec = resolver.cluster_spec().as_dict()
-    return max(1, len(spec.get("worker", [])) + len(spec.get("chief", [])))
-
-
-def is_chief(strategy):
-    """Whether this process writes checkpoints, samples and summaries (the first worker does)."""
-    resolver = strategy.cluster_resolver
-    if resolver is None or not resolver.task_type:
-        return True
-    if resolver.task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
-
-
-def default_compile():
-    """The compile mode when --compile is auto: XLA on GPU and TPU, a TF graph on CPU.
-
-    On CPU, TensorFlow's own kernels (oneDNN matmuls) train faster than XLA's (bench/train.py).
-    """
-    accelerated = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")
-    return "xla" if accelerated else "graph"
 
 
 def build_model(hparams, mixed_precision=None, memory_saving=False, residual_scaling=False):
@@ -226,10 +174,12 @@ class TrainStep:
 
     `step(inputs, labels)` takes [A, B, T] int32 arrays (A micro-batches of the global batch B) and
     returns (loss, finite): the loss is the mean cross-entropy over the A * B * (T - 1) predictions,
-    and whether it and every gradient are finite. When they are not, the update is skipped on one
-    device (`can_skip`); across replicas it cannot be, and the weights are no longer sound. The gradient is
-    the mean over the same predictions, so A micro-batches of B rows give the update of one batch of
-    A * B rows. Each replica takes its share of the B rows; the gradients are summed across replicas.
+    and whether it and every gradient are finite on every replica. When they are not, the update is
+    skipped everywhere: the weights and the optimizer's state and step stay as they were (with loss
+    scaling, the scale is halved). The gradient is the mean over the same predictions, so A
+    micro-batches of B rows give the update of one batch of A * B rows. Each replica takes its share
+    of the B rows; the gradients are summed across replicas, and `grad_clip` clips the global norm of
+    that sum (the gradient of the whole update), as on one device.
 
     In mixed precision the forward and backward passes read `copies`: the trained weights in the
     compute dtype, made at the first step and rewritten by every update. Otherwise each weight would
@@ -239,7 +189,7 @@ class TrainStep:
     """
 
     def __init__(self, model, optimizer, variables, strategy, batch_size, accumulate, n_ctx,
-                 jit_compile=False, loss_scaling=False, xla_update=True):
+                 jit_compile=False, loss_scaling=False, xla_update=True, grad_clip=None):
         self.model = model
         self.optimizer = optimizer
         self.variables = list(variables)
@@ -249,19 +199,20 @@ class TrainStep:
         self.accumulate = accumulate
         self.predictions = accumulate * batch_size * (n_ctx - 1)
         self.loss_scaling = loss_scaling
+        self.grad_clip = grad_clip
         self._gradients = tf.function(self._micro_batch, jit_compile=jit_compile)
-        # With xla_update, on one device, the update is compiled with XLA whatever the mode:
-        # Keras' optimizers update each variable in several elementwise passes, which XLA fuses
-        # into one (on CPU, Adam on 124M takes 0.1 s instead of 0.45 s). But one fused update waits
-        # for every gradient, so all of them exist at once; as a graph, each variable is updated
+        # With xla_update, without a distribution strategy, the update is compiled with XLA whatever
+        # the mode: Keras' optimizers update each variable in several elementwise passes, which XLA
+        # fuses into one (on CPU, Adam on 124M takes 0.1 s instead of 0.45 s). But one fused update
+        # waits for every gradient, so all of them exist at once; as a graph, each variable is updated
         # as soon as its gradient is ready and the gradient is freed, which lowers the peak (by the
-        # size of the weights at most) when memory matters more. Across replicas, Keras
-        # all-reduces the gradients inside apply_gradients, which XLA cannot compile on its own.
+        # size of the weights at most) when memory matters more. Under a strategy (one replica
+        # included), Keras all-reduces the gradients inside apply_gradients, which XLA cannot compile
+        # on its own.
         self._apply = self._apply_gradients
-        if self.replicas == 1 and xla_update:
+        if strategy is tf.distribute.get_strategy() and xla_update:
             self._apply = tf.function(self._apply_gradients, jit_compile=True)
         self._step = tf.function(self._distributed_step)
-        self.can_skip = self.replicas == 1  # whether a non-finite update is skipped (see _replica_step)
         self.copies = None
 
     def _make_copies(self):
@@ -309,12 +260,8 @@ class TrainStep:
         return [tf.cast(g, v.dtype) for g, v in zip(grads, self.variables)]
 
     def _replica_step(self, inputs, labels):
-        """(loss sum, whether the loss and every gradient are finite on every replica).
-
-        On one device the update is applied only when they are, so that otherwise the weights and the
-        optimizer state stay as they were. Across replicas it is always applied: tf.distribute cannot
-        all-reduce the gradients inside a condition (the caller stops the run instead).
-        """
+        """(loss sum, whether the loss and every gradient are finite on every replica), after the
+        update, which is applied only when they are."""
         total, grads = self._gradients(inputs[0], labels[0])
         if self.accumulate > 1:  # the gradients are summed in float32
             def add_micro_batch(i, total, grads):
@@ -324,20 +271,57 @@ class TrainStep:
 
             _, total, grads = tf.while_loop(lambda i, *_: i < self.accumulate, add_micro_batch,
                                             (tf.constant(1), total, self._in_variable_dtype(grads)))
-        finite = tf.math.is_finite(total)
-        if not self.loss_scaling:  # with loss scaling, the optimizer handles overflowing gradients
-            finite = tf.reduce_all([finite] + [tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-        not_finite = tf.distribute.get_replica_context().all_reduce(
-            tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
-        finite = not_finite == 0
-        if self.can_skip:
-            tf.cond(finite, lambda: self._apply(grads), lambda: None)
-        else:
+        grads = self._in_variable_dtype(grads)
+        replica = tf.distribute.get_replica_context()
+        # Decided on every replica's loss and gradients together (scaled ones, with loss scaling),
+        # so that all of them skip or none does.
+        finite = tf.reduce_all([tf.math.is_finite(total)]
+                               + [tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+        finite = replica.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32)) == 0
+        if self.grad_clip:
+            grads = self._clipped(grads, replica)
+        if self.loss_scaling:
+            # Keras' LossScaleOptimizer skips the update (and halves its scale) by the gradients it
+            # is given, on each replica its own: a NaN put into one makes every replica see what any
+            # replica saw.
+            smallest = min(range(len(grads)), key=lambda i: grads[i].shape.num_elements())
+            grads[smallest] += tf.where(finite, 0.0, float("nan"))
             self._apply(grads)
+        else:
+            self._apply_if(finite, grads)
         return total, finite
 
+    def _clipped(self, grads, replica):
+        """This replica's gradients scaled so that their sum over the replicas has a global norm of at
+        most grad_clip (on one device, tf.clip_by_global_norm's values). The norm is that of the sum,
+        so across replicas the gradients are all-reduced once more for it."""
+        summed = grads if self.replicas == 1 else replica.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        norm = tf.linalg.global_norm(summed)
+        if self.loss_scaling:
+            norm = norm / tf.cast(self.optimizer.dynamic_scale, norm.dtype)
+        scale = self.grad_clip * tf.minimum(1.0 / norm, 1.0 / self.grad_clip)
+        return [g * scale for g in grads]
+
+    def _apply_if(self, finite, grads):
+        """Apply the gradients when `finite` (the same on every replica), else leave everything as it is.
+
+        Where the strategy synchronises replicas by merge_call (MirroredStrategy outside XLA, on one
+        device too), no condition may hold a synchronisation in a replica's context: the condition is
+        then taken in the cross-replica context, and each replica applies its gradients inside it, as
+        Keras' LossScaleOptimizer does.
+        """
+        if tf.__internal__.distribute.strategy_supports_no_merge_call():
+            tf.cond(finite, lambda: self._apply(grads), lambda: None)
+            return
+
+        def cross_replica(strategy, finite, grads):
+            tf.cond(strategy.experimental_local_results(finite)[0],
+                    lambda: strategy.extended.call_for_each_replica(self._apply, args=(grads,)), lambda: None)
+
+        tf.distribute.get_replica_context().merge_call(cross_replica, args=(finite, grads))
+
     def _apply_gradients(self, grads):
-        self.optimizer.apply_gradients(zip(self._in_variable_dtype(grads), self.variables))
+        self.optimizer.apply_gradients(zip(grads, self.variables))
         for variable, copy in zip(self.variables, self.copies):
             copy.assign(tf.cast(variable, copy.dtype))
 
@@ -586,12 +570,17 @@ def train(args, checked):
     """`run`, once the flags are checked and the run folder is held."""
     # Set-up: the devices, what to start from, the data, the model and its optimizer.
     hparams, base_dir, start = checked.hparams, checked.base_dir, checked.start
-    warning = memory_warning(hparams, args)
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
     strategy = make_strategy(args.distribute)
     check_replicas(args, strategy)
     compile_mode = args.compile if args.compile != "auto" else default_compile()
+    print(f"Training on {summary(strategy, compile_mode)}", file=sys.stderr, flush=True)
+    warning = memory_warning(hparams, args, device_memory(), xla=compile_mode == "xla")
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    emulated = emulated_bfloat16() if args.mixed_precision == "bf16" else None
+    if emulated:
+        print(f"warning: {emulated} has no bfloat16 arithmetic (it is emulated, slower than float32); "
+              "--mixed_precision fp16 is its half precision", file=sys.stderr, flush=True)
     if args.mixed_precision is None:
         tf.config.experimental.enable_tensor_float_32_execution(False)  # fp32 means fp32, as NS-2021
     enc = load_encoder(base_dir, hparams)
@@ -624,7 +613,8 @@ def train(args, checked):
     train_step = TrainStep(model, optimizer, variables.values(), strategy, args.batch_size,
                            args.accumulate_gradients, hparams.n_ctx, jit_compile=compile_mode == "xla",
                            loss_scaling=args.mixed_precision == "fp16",
-                           xla_update=not memory_saving and args.optimizer != "adafactor")
+                           xla_update=not memory_saving and args.optimizer != "adafactor",
+                           grad_clip=args.grad_clip)
     val_batches = []
     if val_documents is None:
         val_batches = validation_batches(args, val_chunks, hparams.n_ctx, hparams.n_vocab)
@@ -657,7 +647,7 @@ def train(args, checked):
             loss, finite = train_step(*batch)
             if not finite:
                 skipped += 1
-                refuse_or_warn_nonfinite(r, loss, skipped, train_step.can_skip)
+                warn_nonfinite(r, loss, skipped)
                 if skipped > args.max_nonfinite:
                     break
                 continue
@@ -735,7 +725,7 @@ def build_optimizer(args, variables):
     learning_rate = learning_rate_schedule(args.learning_rate, args.warmup_steps,
                                            args.lr_decay_steps or args.steps, args.min_lr)
     optimizer = make_optimizer(args.optimizer, learning_rate, args.mixed_precision == "fp16",
-                               args.weight_decay, args.grad_clip)
+                               args.weight_decay)
     if args.optimizer == "adamw":  # no decay of biases and norm gains, as usual for GPT models
         optimizer.exclude_from_weight_decay(var_list=[v for v in variables.values() if len(v.shape) == 1])
     optimizer.build(list(variables.values()))
@@ -789,16 +779,16 @@ def next_batch(r):
     return randomize(labels, args.noise, r.hparams.n_vocab, r.progress.noise_rng), labels
 
 
-def refuse_or_warn_nonfinite(r, loss, skipped, can_skip):
-    """A step whose loss or gradients are not finite: a warning when its update was skipped; a
-    TrainingError when it could not be (several replicas), before anything is saved."""
+def warn_nonfinite(r, loss, skipped):
+    """The warning for a step whose loss or gradients were not finite on some replica: its update was
+    skipped (and with float16 loss scaling, which overflows now and then by design, the scale halved)."""
     step = r.progress.step + 1
-    if not can_skip:
-        raise TrainingError(f"the loss or the gradients were not finite at step {step} (loss={loss}); with "
-                            "several replicas the update cannot be skipped, so the run stops without saving "
-                            "(its checkpoints stay as they were). " + CURES)
-    print(f"warning: [{step} | {r.elapsed():2.2f}] loss={loss:2.2f}: the loss or the gradients are not "
-          f"finite; update skipped ({skipped} in a row)", file=sys.stderr, flush=True)
+    what = "the loss or the gradients are not finite"
+    if r.args.mixed_precision == "fp16":
+        scale = float(tf.convert_to_tensor(r.optimizer.dynamic_scale))
+        what = f"the loss or the float16 gradients are not finite; the loss scale is now {scale:g}"
+    print(f"warning: [{step} | {r.elapsed():2.2f}] loss={loss:2.2f}: {what}; update skipped ({skipped} in a "
+          "row)", file=sys.stderr, flush=True)
 
 
 def save(r):

@@ -9,7 +9,6 @@ import sys
 from gpt2_tf.bundle import check_intact, latest_prefix, read_train_state
 from gpt2_tf.cli import (
     UsageError,
-    available_memory,
     check_encoding,
     check_fits,
     check_folder_or_new,
@@ -210,24 +209,24 @@ def writes_the_run(args):
 OPTIMIZER_STATE_BYTES = {"adam": 8, "adamw": 8, "sgd": 0, "adafactor": 0}
 
 
-def memory_warning(hparams, args, available=None):
+def memory_warning(hparams, args, available=None, xla=False):
     """A warning (or None) when the run is unlikely to fit in the memory available.
 
-    The estimate counts only what the run certainly holds: the float32 weights, the optimizer's
+    The estimate counts only what each replica certainly holds: the float32 weights, the optimizer's
     state, the bfloat16/float16 copies in mixed precision, and all the gradients at once unless
-    --memory_saving_gradients applies each as it comes. Activations come on top, so a run near the
-    limit is warned about too. `available`: bytes (default: MemAvailable of /proc/meminfo, where
-    there is one).
+    --memory_saving_gradients applies each as it comes, which it does in a TensorFlow graph only:
+    under XLA (`xla`, the GPU and TPU default) one compiled computation returns them all. Activations
+    come on top, so a run near the limit is warned about too. `available`: bytes of one replica's
+    device (devices.device_memory: the GPU's, else the host's); None, where it is not known, warns of
+    nothing.
     """
-    if available is None:
-        available = available_memory()
     if available is None:
         return None
     params = hparams.n_params()
     parts = {"weights": 4 * params, "optimizer state": OPTIMIZER_STATE_BYTES[args.optimizer] * params}
     if args.mixed_precision:
         parts["half-precision copies"] = 2 * params
-    if not (args.memory_saving_gradients or args.twremat):
+    if xla or not (args.memory_saving_gradients or args.twremat):
         parts["gradients"] = 4 * params
     needed = sum(parts.values())
     if needed < 0.9 * available:

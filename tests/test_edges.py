@@ -236,7 +236,8 @@ def test_output_to_a_full_disk_is_one_line_and_no_partial_file(tmp_path, tiny_mo
                     "/dev/full", "--quiet")
     one_line(scored, "score.py", 1, "cannot write /dev/full: No space left on device")
     for to in ("hf", "tf1"):  # a folder written whole or not at all, and the error names it
-        converted = script("convert.py", os.path.join(models_dir, name), str(disk / to), "--to", to, "--quiet")
+        converted = script("convert.py", os.path.join(models_dir, name), str(disk / to), "--to", to,
+                           "--quiet")
         one_line(converted, "convert.py", 1, f"cannot write {disk / to}: No space left on device")
     assert os.listdir(disk) == []
 

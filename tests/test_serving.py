@@ -28,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIENT = os.path.join(ROOT, "tests", "serving_client.py")
 EOT = 50256
 N_CTX = TINY_HPARAMS["n_ctx"]
+N_VOCAB = TINY_HPARAMS["n_vocab"]
 # Where GPT-2's pre-tokenizer needs its lookahead, and characters whose class only Unicode knows.
 TRICKY = ["  's", "hi  's", "a  b", "a \n b", "end   ", "   ", " " * 1000 + "word", "\n\n\nx", "\r\n\r\n",
           "\u00a0\u2003 nbsp\u3000ideographic", "\x85next\u2028line", "a\x00b\x01c\x7f", "٣٤٥ Ⅻ ½ ²",
@@ -174,12 +175,16 @@ def test_a_plain_tensorflow_client_gets_sample_py_and_score_py_results(exported,
         ("score", {"input_ids": score_ids, "lengths": score_lengths}),
         ("generate_ids", {"input_ids": too_long, "lengths": [N_CTX - 6], **greedy}),
         ("serving_default", {"prompt": prompts, **greedy, "max_new_tokens": 0}),
+        ("generate_ids", {"input_ids": [[5, 50257, 0]], "lengths": [2], **greedy}),
+        ("generate_ids_xla", {"input_ids": [[5, -3]], "lengths": [2], **greedy}),
+        ("score", {"input_ids": [[5, 6, 99999]], "lengths": [3]}),
+        ("score", {"input_ids": [[5, 6, 99999]], "lengths": [2]}),  # past the row's length: padding
     ]
     result = ask(exported, requests, tmp_path)
     names = ["generate_ids", "generate_ids_xla", "score", "serving_default", "tokenize"]
     assert result["signatures"] == names
     (tokenized, served, generated, compiled, compiled_sampled, empty, first, again, alone, filtered, scored,
-     long_error, zero_error) = result["answers"]
+     long_error, zero_error, id_error, xla_id_error, score_id_error, padded_score) = result["answers"]
 
     # The tokenizer inside the graph gives encoder.py's ids.
     for text, row, n in zip(VARIED + TRICKY, tokenized["input_ids"], tokenized["lengths"]):
@@ -214,6 +219,11 @@ def test_a_plain_tensorflow_client_gets_sample_py_and_score_py_results(exported,
     assert (f"the longest prompt and max_new_tokens together pass the n_ctx = {N_CTX} positions of the "
             "model") in long_error["error"]
     assert "max_new_tokens must be at least 1" in zero_error["error"]
+    # Ids outside the vocabulary are refused (a GPU's gather would read zeros, XLA's clamp them).
+    for answer, bad in ((id_error, "50257"), (xla_id_error, "-3"), (score_id_error, "99999")):
+        assert f"input_ids must be token ids from 0 to {N_VOCAB - 1}; got" in answer["error"] and bad in \
+            answer["error"]
+    assert "log_probs" in padded_score
 
 
 @pytest.mark.slow

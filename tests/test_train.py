@@ -629,6 +629,7 @@ def test_two_replicas_match_one_device(tmp_path, tiny_model, data, capsys):
                           env=SUBPROCESS_ENV, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Training on 2 replicas, 2 windows each" in done.stderr
+    assert "Training on 2 x CPU, TensorFlow graph" in done.stderr.splitlines()  # what the run trains on
     one = train(flags(tmp_path, tiny_model, data, *common, "--distribute", "none", "--run_name", "one"),
                 capsys)
     two = done.stdout.splitlines()
@@ -727,19 +728,21 @@ def test_nonfinite_weights_are_never_saved(tmp_path, tiny_model):
     assert all(np.isfinite(array).all() for array in saved.values())
 
 
-def test_several_replicas_stop_at_a_nonfinite_step_without_saving(tmp_path, tiny_model, data):
-    """Across replicas a bad update cannot be skipped: the run stops at once with exit status 1, and
-    its newest checkpoint is the last one saved before, with finite weights."""
+def test_several_replicas_skip_nonfinite_steps_and_stop_after_too_many(tmp_path, tiny_model, data):
+    """Across replicas a bad update is skipped as on one device; after --max_nonfinite in a row the run
+    saves its last good weights and stops with exit status 1."""
     argv = flags(tmp_path, tiny_model, data, "--steps", "4", "--batch_size", "4", "--optimizer", "sgd",
-                 "--learning_rate", "1e30", "--save_every", "1", "--distribute", "mirrored")
+                 "--learning_rate", "1e30", "--save_every", "1", "--distribute", "mirrored",
+                 "--max_nonfinite", "1")
     done = subprocess.run([sys.executable, "-c", TWO_CPUS, *argv], capture_output=True, text=True,
                           env=SUBPROCESS_ENV, timeout=300)
     assert done.returncode == 1, done.stderr[-3000:]
-    assert "with several replicas the update cannot be skipped" in done.stderr.splitlines()[-1]
+    assert "update skipped (1 in a row)" in done.stderr and "update skipped (2 in a row)" in done.stderr
+    assert "were not finite at 2 steps in a row" in done.stderr.splitlines()[-1]
     newest = checkpoint.latest(str(tmp_path / "checkpoint" / "run1"))
     assert all(np.isfinite(w).all() for w in checkpoint.read(newest).values())
     step = int(newest.rsplit("-", 1)[1])
-    assert f"[{step + 1} |" not in done.stdout  # the bad step was not counted, nor saved
+    assert f"[{step + 1} |" not in done.stdout  # the bad steps were not counted, nor saved
 
 
 def test_memory_warning_gives_the_numbers():
