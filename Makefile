@@ -8,7 +8,7 @@ TORCH ?= torch
 .PHONY: demo test test-slow
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/python -m gpt2_tf.demo
+	$(VENV)/bin/python -m gpt2_tf.cli.demo
 
 test: $(VENV)/.installed-test
 	. $(VENV)/bin/activate && ruff check . && python -m pytest

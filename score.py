@@ -5,97 +5,11 @@
     python score.py heldout.txt --run_name run1            # the same text, a fine-tuned checkpoint
     python score.py lines.txt --per_line --json scores.json
     python score.py wiki.test.raw --model_name 774M --compat hf --stride 512
+
+The command is gpt2_tf/cli/score.py.
 """
 
-import sys
-
-from gpt2_tf.bundle import CheckpointError
-from gpt2_tf.cli import (
-    Parser,
-    UsageError,
-    add_bin_dtype_flag,
-    add_text_flags,
-    check_encoding,
-    check_fits,
-    check_output_file,
-    input_files,
-    integer,
-    run_script,
-)
-from gpt2_tf.model_flags import add_model_flags, check_model_flags
-
-
-def make_parser():
-    p = Parser(description="Score text with GPT-2: every token once, with a sliding window.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="text files, folders, glob patterns, .npz files or nanoGPT's .bin files")
-    add_model_flags(p, "score the newest checkpoint of checkpoint_dir/run_name (fine-tuned)")
-    p.add_argument("--context", type=integer(2), default=None, help="window length C (default: n_ctx)")
-    p.add_argument("--stride", type=integer(1), default=None,
-                   help="tokens newly scored per window S, 1 to C (default: C // 2)")
-    p.add_argument("--prefix", choices=["eot", "none"], default="eot",
-                   help="eot: each document follows <|endoftext|> and all its tokens are scored; none: its "
-                        "first token is context only")
-    p.add_argument("--compat", choices=["hf"], default=None,
-                   help="hf: score as Hugging Face's perplexity guide does (its windows, no prefix)")
-    p.add_argument("--per_line", action="store_true", help="each non-empty line is a document")
-    p.add_argument("--show_documents", action="store_true",
-                   help="with --per_line, print a row per document, not only the total")
-    p.add_argument("--batch_size", type=integer(1), default=8, help="windows scored together")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="weights and activations (bfloat16: faster on CPUs that have it, less exact)")
-    p.add_argument("--json", metavar="FILE", help="write the documents' sums and the totals as JSON")
-    p.add_argument("--tsv", metavar="FILE", help="write one row per scored token")
-    p.add_argument("--html", metavar="FILE", help="write a page of the text coloured by surprisal")
-    add_text_flags(p)
-    add_bin_dtype_flag(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar and no table (write only the files)")
-    p.add_verbose()
-    return p
-
-
-def check_args(args):
-    """Check the flags, the model and the inputs before any work (TensorFlow is not imported yet);
-    returns (input files, the model's files). Raises UsageError."""
-    model = check_model_flags(args)
-    check_encoding(args.encoding)
-    n_ctx = model.hparams.n_ctx
-    if args.context is not None and args.context > n_ctx:
-        raise UsageError(f"--context {args.context} is more than the model's n_ctx = {n_ctx}")
-    context = args.context or n_ctx
-    if args.stride is not None and args.stride > context:
-        raise UsageError(f"--stride {args.stride} is more than --context {context}; it must be 1 to "
-                         f"{context}")
-    if args.compat == "hf" and (args.tsv or args.html or args.per_line):
-        raise UsageError("--compat hf gives Hugging Face's figure for whole files; --tsv, --html and "
-                         "--per_line need the exact per-token scores: leave --compat out")
-    check_fits(args.batch_size * context * model.hparams.n_vocab * 4,
-               f"--batch_size {args.batch_size}: the logits of {args.batch_size} windows of {context} tokens")
-    files, _ = input_files(args.inputs, args.encoding, args.verbose)
-    if not files:
-        raise UsageError("no input files found")
-    for flag in ("json", "tsv", "html"):
-        if getattr(args, flag):
-            check_output_file(getattr(args, flag), f"--{flag}", files)
-    args.dtype = None if args.dtype == "float32" else args.dtype
-    return files, model
-
-
-def score(args, checked):
-    """What score.py does once its flags are checked."""
-    from gpt2_tf.score_report import run
-
-    files, model = checked
-    sys.stdout.reconfigure(errors="replace")  # a console that cannot show a character shows '?'
-    return run(args, files, model=model)
-
-
-def main(argv=None):
-    from gpt2_tf.dataset import DatasetError
-
-    return run_script("score.py", make_parser, check_args, score, (CheckpointError,), "nothing was written",
-                      argv, intermixed=True, bad_input=(DatasetError,))
-
+from gpt2_tf.cli.score import main
 
 if __name__ == "__main__":
     main()

@@ -44,10 +44,10 @@ def mark(name):
     marks.append((name, time.perf_counter()))
 import tensorflow as tf
 mark("import TensorFlow")
-from gpt2_tf.generate import load
+from gpt2_tf.model_files import find_model, load
 from gpt2_tf.sample import Generator
 mark("import gpt2_tf")
-model, hparams, enc = load("124M", sys.argv[1])
+model, hparams, enc = load(find_model("124M", sys.argv[1]))
 mark("build the model, restore the weights, read the vocabulary")
 tokens = enc.encode("Hello there")
 Generator(model).start([tokens], 1, top_k=40, seed=1).new_tokens()

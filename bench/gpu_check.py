@@ -48,7 +48,8 @@ from gpt2_tf.devices import default_compile, emulated_bfloat16  # noqa: E402
 from gpt2_tf.hparams import HParams, released  # noqa: E402
 from gpt2_tf.optim import make_optimizer  # noqa: E402
 from gpt2_tf.sample import Generator, sample_sequence  # noqa: E402
-from gpt2_tf.train import TrainStep, build_model, trained_variables, window_scores  # noqa: E402
+from gpt2_tf.score import window_scores  # noqa: E402
+from gpt2_tf.train_step import TrainStep, build_model, trained_variables  # noqa: E402
 
 TINY = HParams(n_vocab=512, n_ctx=64, n_embd=64, n_head=4, n_layer=2)
 # Dense peak TFLOP/s by device name, most specific names first: (float32 without TF32, bfloat16 or

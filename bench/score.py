@@ -30,7 +30,7 @@ import tensorflow as tf  # noqa: E402
 from gpt2_tf.hparams import released  # noqa: E402
 from gpt2_tf.optim import make_optimizer  # noqa: E402
 from gpt2_tf.score import Document, score_documents  # noqa: E402
-from gpt2_tf.train import TrainStep, build_model, trained_variables  # noqa: E402
+from gpt2_tf.train_step import TrainStep, build_model, trained_variables  # noqa: E402
 
 
 def main():

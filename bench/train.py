@@ -68,7 +68,7 @@ def worker_ours(opts, steps, warmup):
 
     from gpt2_tf.hparams import HParams
     from gpt2_tf.optim import make_optimizer
-    from gpt2_tf.train import TrainStep, build_model, trained_variables
+    from gpt2_tf.train_step import TrainStep, build_model, trained_variables
 
     hparams = HParams(**SHAPES[opts.get("shape", "124M")])
     mixed = opts.get("mixed_precision")

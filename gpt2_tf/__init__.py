@@ -2,9 +2,9 @@
 
     from gpt2_tf import load_model, get_encoder, checkpoint
 
-`get_encoder` and the `encoder`, `hparams`, `dataset`, `token_files`, `fast_encoder`, `download`, `bpe`,
-`files`, `cli` and `train_checks` modules do not need TensorFlow; the rest is imported on first use, so that
-tools which only tokenize or download start at once.
+`get_encoder` and the modules named in TENSORFLOW_FREE do not import TensorFlow (the commands of
+`gpt2_tf.cli` import it only when their work starts); the rest is imported on first use, so that tools
+which only tokenize, download or check their flags start at once.
 """
 
 import importlib
@@ -13,6 +13,10 @@ from gpt2_tf.encoder import get_encoder
 from gpt2_tf.hparams import HParams
 
 __all__ = ["get_encoder", "HParams", "load_model", "checkpoint", "GPT2"]
+
+TENSORFLOW_FREE = ("bpe", "checkpoint_files", "cli", "cli.demo", "convert", "dataset", "download", "encoder",
+                   "fast_encoder", "files", "generate", "hparams", "lens_report", "model_files",
+                   "safetensors_file", "score_report", "token_files")
 
 _LAZY = {"load_model": "gpt2_tf.checkpoint", "GPT2": "gpt2_tf.model", "checkpoint": None}
 

@@ -113,20 +113,7 @@ def learn_merges(word_counts, vocab_size, min_frequency=2, progress=False):
     change, with an index from each pair to the words that hold it and a heap of (count, pair); an entry
     whose count is out of date is put back with its current count when it comes to the top.
     """
-    table = _byte_ids()
-    words, counts = [], []
-    for piece, n in word_counts.items():
-        word = piece.encode("utf-8").translate(table)
-        if len(word) > 1:
-            words.append(list(word))
-            counts.append(n)
-    pair_counts = collections.defaultdict(int)
-    where = collections.defaultdict(list)  # lists hold repeats, but take less memory and time than sets
-    for i, (word, n) in enumerate(zip(words, counts)):
-        for pair in zip(word, word[1:]):
-            pair_counts[pair] += n
-        for pair in set(zip(word, word[1:])):
-            where[pair].append(i)
+    words, counts, pair_counts, where = _pair_index(word_counts)
     heap = [(-n, pair) for pair, n in pair_counts.items() if n >= min_frequency]
     heapq.heapify(heap)
 
@@ -169,6 +156,26 @@ def learn_merges(word_counts, vocab_size, min_frequency=2, progress=False):
                 if pair_counts[changed] >= min_frequency:
                     heapq.heappush(heap, (-pair_counts[changed], changed))
     return merges
+
+
+def _pair_index(word_counts):
+    """(words as lists of byte ids, their counts, {pair: count}, {pair: indices of the words that hold
+    it}) of the pieces of more than one byte."""
+    table = _byte_ids()
+    words, counts = [], []
+    for piece, n in word_counts.items():
+        word = piece.encode("utf-8").translate(table)
+        if len(word) > 1:
+            words.append(list(word))
+            counts.append(n)
+    pair_counts = collections.defaultdict(int)
+    where = collections.defaultdict(list)  # lists hold repeats, but take less memory and time than sets
+    for i, (word, n) in enumerate(zip(words, counts)):
+        for pair in zip(word, word[1:]):
+            pair_counts[pair] += n
+        for pair in set(zip(word, word[1:])):
+            where[pair].append(i)
+    return words, counts, pair_counts, where
 
 
 def build_encoder(merges):

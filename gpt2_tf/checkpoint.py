@@ -14,7 +14,13 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from gpt2_tf.bundle import CheckpointError, CheckpointMismatch, check_intact, latest_prefix, read_state_file
+from gpt2_tf.checkpoint_files import (
+    CheckpointError,
+    CheckpointMismatch,
+    check_intact,
+    latest_prefix,
+    update_state_file,
+)
 from gpt2_tf.files import atomic_write
 from gpt2_tf.hparams import load_hparams
 from gpt2_tf.model import GPT2, weights_to_be_loaded
@@ -203,31 +209,6 @@ def as_tensor(value):
     if isinstance(value, np.ndarray) and value.flags.writeable and value.flags.c_contiguous and value.size:
         return tf.experimental.dlpack.from_dlpack(value.__dlpack__())
     return tf.convert_to_tensor(value)
-
-
-def update_state_file(folder, name, max_to_keep=None, earlier=True):
-    """Make `name` the newest entry of `folder/checkpoint`, atomically; returns the names dropped.
-    Without `earlier`, it becomes the only entry (the others are dropped from the list, not returned)."""
-    names = [n for n in read_state_file(folder) if n != name and earlier] + [name]
-    dropped = []
-    if max_to_keep is not None and len(names) > max_to_keep:
-        dropped, names = names[:-max_to_keep], names[-max_to_keep:]
-    write_state_file(folder, names)
-    return [n for n in dropped if os.path.basename(n) == n]
-
-
-def write_state_file(folder, names):
-    """Write `folder/checkpoint` listing `names` (oldest first; the last is the newest), atomically, in
-    TensorFlow's text format; with no names, the file is removed."""
-    path = os.path.join(folder, "checkpoint")
-    if not names:
-        if os.path.exists(path):
-            os.remove(path)
-        return
-    text = f'model_checkpoint_path: "{names[-1]}"\n'
-    text += "".join(f'all_model_checkpoint_paths: "{n}"\n' for n in names)
-    with atomic_write(path, encoding="utf-8") as f:
-        f.write(text)
 
 
 def model_from_weights(hparams, weights, **model_kwargs):

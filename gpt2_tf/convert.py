@@ -44,7 +44,7 @@ import tempfile
 import numpy as np
 
 from gpt2_tf import safetensors_file
-from gpt2_tf.bundle import latest_prefix, read_bundle
+from gpt2_tf.checkpoint_files import latest_prefix, read_bundle
 from gpt2_tf.cli import describe
 from gpt2_tf.encoder import ENDOFTEXT, load_encoder_files
 from gpt2_tf.files import WriteError, atomic_write

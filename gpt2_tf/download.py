@@ -34,7 +34,7 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from gpt2_tf.bundle import DT_FLOAT, read_bundle_index
+from gpt2_tf.checkpoint_files import DT_FLOAT, read_bundle_index
 from gpt2_tf.encoder import ENDOFTEXT, load_encoder_files
 from gpt2_tf.hparams import ALIASES, RELEASED, canonical_name, load_hparams, released
 

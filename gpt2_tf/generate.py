@@ -1,17 +1,6 @@
-"""Text generation for sample.py: prompts, stop strings, streaming, and the original's output blocks."""
+"""Text from a Generator: stop strings that end a row, and streaming row 0's text as it is made."""
 
-import itertools
-import json
-import sys
-
-import numpy as np
-
-from gpt2_tf.checkpoint import CheckpointError, load_model, nonfinite
-from gpt2_tf.cli import UsageError
-from gpt2_tf.devices import emulated_bfloat16, grow_gpu_memory
-from gpt2_tf.model_flags import find_model
-from gpt2_tf.prompts import fit, prepare
-from gpt2_tf.sample import Generator
+from gpt2_tf.checkpoint_files import CheckpointError
 
 # When text has to be checked (stop strings) or shown while it is made, tokens are drawn in chunks
 # of this many steps, each chunk one call of the compiled loop.
@@ -20,18 +9,6 @@ CHUNK = 8
 
 class GenerationError(CheckpointError):
     """The model drew a token that is not in its vocabulary: its weights are damaged."""
-
-
-def load(model_name="124M", models_dir="models", run_name=None, checkpoint_dir="checkpoint", dtype=None,
-         files=None):
-    """(model, hparams, encoder) for a released model or a fine-tuned run (see model_flags.find_model),
-    or for the ModelFiles `files` when given."""
-    files = files or find_model(model_name, models_dir, run_name, checkpoint_dir)
-    model, hparams = load_model(files.weights, hparams=files.hparams, **({"dtype": dtype} if dtype else {}))
-    damaged = nonfinite(model)
-    if damaged:
-        raise CheckpointError(f"{files.weights} is damaged: {damaged}; use an earlier checkpoint")
-    return model, hparams, files.encoder()
 
 
 class Stops:
@@ -84,86 +61,3 @@ def generate_texts(generator, enc, contexts, length, temperature=1.0, top_k=0, t
                 shown = len(text)
         if done:
             return list(texts)
-
-
-def banner(n, prompt=None):
-    """The original's separator before sample n (of prompt number `prompt`, counted from 1, when
-    there are several)."""
-    name = f"PROMPT {prompt}, SAMPLE {n}" if prompt is not None else f"SAMPLE {n}"
-    return "=" * 40 + " " + name + " " + "=" * 40
-
-
-def run(args, out=None, prepared=None):
-    """sample.py, after its flags are parsed: the samples written to `out` (default stdout).
-    `prepared`: what `prompts.prepare(args)` returned, when the caller has checked the flags."""
-    out = out or sys.stdout
-    prepared = prepared or prepare(args)
-    grow_gpu_memory()
-    emulated = emulated_bfloat16() if args.dtype == "bfloat16" else None
-    if emulated:
-        print(f"warning: {emulated} has no bfloat16 arithmetic (it is emulated, slower than float32); leave "
-              "--dtype out", file=sys.stderr, flush=True)
-    model, hparams, _ = load(files=prepared.files, dtype=args.dtype)
-    enc = prepared.enc
-    generator = Generator(model, jit_compile=args.compile)
-    eot = enc.encoder["<|endoftext|>"]
-    seed = np.random.randint(2**31) if args.seed is None else args.seed
-    stops = args.stop or ()
-    length, shift = prepared.length, prepared.shift
-
-    def sample(texts, prompts, first_prompt=0, numbered=False):
-        """Write nsamples samples of each prompt (for ever if nsamples is 0), batch_size rows at a time
-        whatever the prompts' lengths, in the order of the prompts."""
-        def write_banner(job):
-            print(banner(job[1] + 1, job[0] + 1 if numbered else None), file=out)
-
-        counts = range(args.nsamples) if args.nsamples else itertools.count()  # 0: one prompt, for ever
-        jobs = ((i, n) for i in range(len(texts)) for n in counts)
-        streaming = args.batch_size == 1 and out.isatty() and not args.output and args.output_format == "text"
-        while batch := list(itertools.islice(jobs, args.batch_size)):
-            contexts = [prompts[i] or [eot] for i, _ in batch]
-            rows = [(first_prompt + i, n) for i, n in batch]
-            stream = None
-            if streaming:
-                write_banner(batch[0])
-                out.write(prefix(texts[batch[0][0]]))
-                stream = lambda piece: (out.write(piece), out.flush())  # noqa: E731
-            results = generate_texts(generator, enc, contexts, length, args.temperature, args.top_k,
-                                     args.top_p, seed, stops, stream, rows, shift)
-            for (i, n), text in zip(batch, results):
-                if streaming:
-                    out.write("\n")
-                elif args.output_format == "jsonl":
-                    out.write(json.dumps({"prompt": texts[i], "sample": n + 1, "text": text},
-                                         ensure_ascii=False) + "\n")
-                else:
-                    write_banner((i, n))
-                    print(prefix(texts[i]) + text, file=out)
-            out.flush()
-
-    def prefix(text):
-        return text if args.include_prompt else ""
-
-    if not args.interactive:
-        sample(prepared.texts, prepared.prompts, numbered=len(prepared.texts) > 1)
-        return
-    try:
-        import readline  # noqa: F401  (input() then edits the line, and writes its prompt to stdout)
-    except ImportError:  # not on every platform
-        pass
-    for number in itertools.count():
-        try:
-            text = input("Model prompt >>> ")
-        except EOFError:
-            print()  # the shell's prompt starts on a new line
-            return
-        if not text:
-            print("Prompt should not be empty!")
-            continue
-        try:
-            tokens = fit(enc, text, length, hparams.n_ctx, shift, args.truncate_prompt)
-        except UsageError as e:
-            print(f"error: {e}", file=sys.stderr)
-            continue
-        sample([text], [tokens], first_prompt=number)
-        print("=" * 80, file=out)

@@ -9,7 +9,7 @@ import os
 
 from gpt2_tf.files import atomic_write
 
-# The four released sizes (ORIGINAL_SPEC §10.1).
+# The four released sizes, as their hparams.json files hold them.
 RELEASED = {
     "124M": dict(n_vocab=50257, n_ctx=1024, n_embd=768, n_head=12, n_layer=12),
     "355M": dict(n_vocab=50257, n_ctx=1024, n_embd=1024, n_head=16, n_layer=24),

@@ -12,7 +12,6 @@ Shapes: L n_layer, T tokens, V n_vocab, k top tokens, W watched tokens.
 """
 
 import dataclasses
-import sys
 import weakref
 
 import numpy as np
@@ -116,51 +115,3 @@ class LogitLens:
 
 
 _lenses = weakref.WeakKeyDictionary()  # model -> its LogitLens
-
-
-# ---------------------------------------------------------------------------------------------------
-# lens.py, after its flags are parsed.
-
-
-def run(args, out=None, checked=None):
-    """lens.py: load the model, continue the prompt with --generate, compute the lens, print the
-    tables to `out` (default stdout; stderr when a file is written to standard output) and write the
-    requested files. `checked`: what lens.py's check_args returned (the model's files, the encoder,
-    the prompt's tokens, the watched ids)."""
-    from gpt2_tf import lens_report
-    from gpt2_tf.devices import grow_gpu_memory
-    from gpt2_tf.files import is_stdout
-    from gpt2_tf.generate import load
-    from gpt2_tf.sample import sample_sequence
-
-    files, enc, prompt, watch_ids = checked
-    outputs = [getattr(args, flag) for flag in ("json", "html", "png") if getattr(args, flag)]
-    out = out or (sys.stderr if any(is_stdout(path) for path in outputs) else sys.stdout)
-    grow_gpu_memory()
-    model, hparams, _ = load(files=files)
-    position = len(prompt) - 1 if args.position is None else args.position
-    tokens = prompt
-    if args.generate:
-        tokens = sample_sequence(model, args.generate, context=[prompt], temperature=args.temperature,
-                                 top_k=args.sample_top_k, top_p=args.top_p, seed=args.seed)[0].tolist()
-    lens = logit_lens(model, tokens, position, args.top_k, watch_ids, final_norm=not args.no_final_ln)
-
-    def decode(token):
-        return enc.decode([token])
-
-    texts = [decode(t) for t in tokens]
-    watch_texts = [decode(t) for t in watch_ids]
-    if not args.quiet:
-        lines = lens_report.layer_table(lens, texts, watch_texts, decode)
-        if args.generate:
-            lines += [""] + lens_report.rank_table(lens, texts, len(prompt) - 1)
-        print("\n".join(lines), file=out)
-    title = f"{args.run_name or args.model_name}: {args.prompt!r}"
-    if args.json:
-        lens_report.write_json(args.json, lens_report.to_json(lens, texts, watch_texts, len(prompt),
-                                                              not args.no_final_ln))
-    if args.html:
-        lens_report.write_html(args.html, lens, texts, watch_texts, decode, hparams.n_vocab, title)
-    if args.png:
-        lens_report.write_png(args.png, lens, texts, watch_texts, decode, hparams.n_vocab, title)
-    return lens

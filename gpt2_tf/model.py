@@ -2,10 +2,13 @@
 
 A reader of OpenAI's `model.py` finds every piece here, in its order: `softmax`, `gelu`, `norm`,
 `split_states`, `merge_states`, `conv1d`, `attention_mask`, `attn` (with `split_heads`,
-`merge_heads`, `mask_attn_weights`, `multihead_attn`), `mlp`, `block` and `model`, whose tied `wte` is
-also the output head. `present` holds the keys and values of the new positions; a later call gets
-them back as `past`. The weights keep the original's TF1 names (`model/h0/attn/c_attn/w`), so
-released checkpoints load by name (see checkpoint.py).
+`merge_heads`, `mask_attn_weights`, `multihead_attn`), `mlp`, `block`, `past_shape`, `expand_tile`,
+`positions_for` and `model`, whose tied `wte` is also the output head. `present` holds the keys and
+values of the new positions; a later call gets them back as `past`. The weights keep the original's
+TF1 names (`model/h0/attn/c_attn/w`), so released checkpoints load by name (see checkpoint.py).
+
+Beside the original's `past`, fast decoding uses a cache allocated once at its final size and
+written in place: `call_with_cache` of the attention, the blocks and the model (sample.py).
 
 Each formula is written here as the original wrote it. Where ops.py has a faster kernel for it (less
 memory in training, or a workaround for XLA or oneDNN), that kernel is called instead: it gives the
@@ -26,6 +29,11 @@ from gpt2_tf.hparams import HParams
 
 KERNELS = True  # whether the pieces call ops.py's kernels; False within `plain_formulas()`
 RANDOM_INIT = True  # whether new weights get random values; False within `weights_to_be_loaded()`
+
+
+def kernels_on():
+    """Whether ops.py's kernels are used (not within `plain_formulas()`), as code tracing now sees it."""
+    return KERNELS
 
 
 @contextlib.contextmanager
@@ -167,10 +175,24 @@ def attention_mask(nd, ns, dtype, past_length=None):
     return tf.cast(j <= past_length + i, dtype)
 
 
+def past_shape(*, hparams, batch_size=None, sequence=None):
+    """The shape of `past` and `present`: [B, L, 2, H, sequence, D]."""
+    return [batch_size, hparams.n_layer, 2, hparams.n_head, sequence, hparams.n_embd // hparams.n_head]
+
+
+def expand_tile(value, size):
+    """Add a new first axis of the given size: value [...] -> [size, ...]."""
+    value = tf.convert_to_tensor(value)
+    return tf.tile(tf.expand_dims(value, axis=0), [size] + [1] * value.shape.ndims)
+
+
 def positions_for(tokens, past_length):
-    """The positions of tokens [B, T]: past_length + 0 .. T-1, as [1, T] (a scalar past_length) or
-    [B, T] (one per row)."""
-    return tf.reshape(past_length, [-1, 1]) + tf.range(shape_list(tokens)[1])[None]
+    """The positions of tokens [B, T]: past_length + 0 .. T-1, [B, T]. past_length is a scalar, or [B]
+    (each row of a ragged batch at its own position)."""
+    batch_size, nsteps = shape_list(tokens)
+    if ops.per_row(past_length):
+        return past_length[:, None] + tf.range(nsteps)[None]
+    return expand_tile(past_length + tf.range(nsteps), batch_size)
 
 
 def mask_attn_weights(w, past_length=None):
@@ -201,10 +223,8 @@ class Attention(keras.layers.Layer):
     """`attn`: masked multi-head self-attention, with the keys and values of earlier positions.
 
     call(x [B, T, C], past [B, 2, H, P, D] or None) -> (a [B, T, C], present [B, 2, H, T, D]).
-    `present` holds the keys and values of the T new positions only.
-
-    With `past_length` (a scalar, or [B]: one per row), `past` is instead a preallocated cache (see
-    `cached_attn`).
+    `present` holds the keys and values of the T new positions only. `call_with_cache` attends over a
+    preallocated cache instead.
     """
 
     def __init__(self, n_state, n_head, proj_init_stdev=0.02, **kwargs):
@@ -225,36 +245,35 @@ class Attention(keras.layers.Layer):
         """[B, H, T, D] -> [B, T, C]."""
         return merge_states(tf.transpose(x, [0, 2, 1, 3]))
 
-    def call(self, x, past=None, past_length=None):
+    def call(self, x, past=None):
         c = self.c_attn(x)
         q, k, v = map(self.split_heads, tf.split(c, 3, axis=2))
-        if past_length is not None:
-            a, present = self.cached_attn(q, k, v, past, past_length)
-        else:
-            present = tf.stack([k, v], axis=1)
-            if past is not None:
-                pk, pv = tf.unstack(past, axis=1)
-                k = tf.concat([pk, k], axis=-2)
-                v = tf.concat([pv, v], axis=-2)
-            a = multihead_attn(q, k, v)
+        present = tf.stack([k, v], axis=1)
+        if past is not None:
+            pk, pv = tf.unstack(past, axis=1)
+            k = tf.concat([pk, k], axis=-2)
+            v = tf.concat([pv, v], axis=-2)
+        a = multihead_attn(q, k, v)
         return self.c_proj(self.merge_heads(a)), present
 
-    def cached_attn(self, q, k, v, cache, past_length):
-        """Attention over a preallocated cache, for fast decoding.
+    def call_with_cache(self, x, cache, past_length):
+        """Attention over a preallocated cache, for fast decoding: x [B, T, C]; cache (keys, values),
+        each [B * H, S, D], whose first past_length positions are filled. Returns (a [B, T, C], the
+        cache with the new keys and values written at past_length).
 
-        q, k, v [B, H, T, D]; cache: (keys, values), each [B * H, S, D], whose first past_length
-        positions are filled. Returns (a [B, H, T, D], the cache with k and v written at past_length).
         Batch and heads share one axis so that the products read the cache where it is: with two axes,
         XLA on a CPU copied the cache at every step (a quarter of a batch-8 step of the 124M model).
         A past_length of shape [B] puts each row at its own position (one new token, T = 1).
         """
+        c = self.c_attn(x)
+        q, k, v = map(self.split_heads, tf.split(c, 3, axis=2))
         batch, heads, length, depth = shape_list(q)
-        q, k, v = (tf.reshape(x, [batch * heads, length, depth]) for x in (q, k, v))
+        q, k, v = (tf.reshape(t, [batch * heads, length, depth]) for t in (q, k, v))
         if ops.per_row(past_length):
             past_length = tf.repeat(past_length, heads)  # [B * H], the rows of the merged axis
         keys, values = ops.write_cache(cache[0], k, past_length), ops.write_cache(cache[1], v, past_length)
-        a = multihead_attn(q, keys, values, past_length)
-        return tf.reshape(a, [batch, heads, length, depth]), (keys, values)
+        a = tf.reshape(multihead_attn(q, keys, values, past_length), [batch, heads, length, depth])
+        return self.c_proj(self.merge_heads(a)), (keys, values)
 
     def get_config(self):
         return {**super().get_config(), "n_state": self.n_state, "n_head": self.n_head,
@@ -283,7 +302,8 @@ class MLP(keras.layers.Layer):
 class Block(keras.layers.Layer):
     """`block`: pre-norm residual attention and MLP.
 
-    call(x [B, T, C], past [B, 2, H, P, D] or None) -> (x [B, T, C], present [B, 2, H, T, D]).
+    call(x [B, T, C], past [B, 2, H, P, D] or None) -> (x [B, T, C], present [B, 2, H, T, D]);
+    `call_with_cache` the same over a preallocated cache (Attention.call_with_cache).
     """
 
     def __init__(self, n_embd, n_head, proj_init_stdev=0.02, **kwargs):
@@ -296,12 +316,17 @@ class Block(keras.layers.Layer):
         self.ln_2 = Norm(n_embd, name="ln_2", dtype=self.dtype_policy)
         self.mlp = MLP(4 * n_embd, n_embd, proj_init_stdev, name="mlp", dtype=self.dtype_policy)
 
-    def call(self, x, past=None, past_length=None):
-        a, present = self.attn(self.ln_1(x), past=past, past_length=past_length)
+    def call(self, x, past=None):
+        a, present = self.attn(self.ln_1(x), past=past)
         x = x + a
         m = self.mlp(self.ln_2(x))
         x = x + m
         return x, present
+
+    def call_with_cache(self, x, cache, past_length):
+        a, cache = self.attn.call_with_cache(self.ln_1(x), cache, past_length)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), cache
 
     def get_config(self):
         return {**super().get_config(), "n_embd": self.n_embd, "n_head": self.n_head,
@@ -319,10 +344,11 @@ class GPT2(keras.Model):
     }
     With `past`, the new tokens take positions P .. P+T-1. P + T may not exceed n_ctx.
 
-    For fast decoding, `past` may instead be a list of L preallocated caches, each a pair (keys,
-    values) of [B * H, S, D], with `past_length` positions filled; "present" is then the list of
-    updated caches (see `Attention.cached_attn`). past_length is a scalar, or [B] for a ragged batch:
-    row b's token is at position past_length[b] (one new token per row).
+    For fast decoding, `call_with_cache(tokens, cache, past_length)` takes instead a list of L
+    preallocated caches, each a pair (keys, values) of [B * H, S, D], with `past_length` positions
+    filled, and returns {"logits", "cache": the updated caches} (see `Attention.call_with_cache`).
+    past_length is a scalar, or [B] for a ragged batch: row b's token is at position past_length[b]
+    (one new token per row).
 
     Weights are created with the model, initialised as GPT-2 was (wte N(0, 0.02), wpe
     N(0, 0.01), every w N(0, 0.02), biases 0, gains 1); `residual_scaling=True` also scales the
@@ -351,27 +377,44 @@ class GPT2(keras.Model):
         ]
         self.ln_f = Norm(hparams.n_embd, name="ln_f", dtype=self.dtype_policy)
 
-    def call(self, tokens, past=None, past_length=None, return_hidden=False):
+    def call(self, tokens, past=None, return_hidden=False):
         hp = self.hparams
-        if past_length is not None:
-            pasts, start = past, past_length
-        else:
-            pasts = [None] * hp.n_layer if past is None else tf.unstack(past, axis=1)
-            start = 0 if past is None else shape_list(past)[-2]
-        check_positions(start, shape_list(tokens)[1], hp.n_ctx)
-        wte = tf.cast(self.wte, self.compute_dtype)
-        wpe = tf.gather(self.wpe, positions_for(tokens, start))
-        h = tf.gather(wte, tokens) + tf.cast(wpe, self.compute_dtype)
+        past_length = 0 if past is None else shape_list(past)[-2]
+        h, wte = self.embed(tokens, past_length)
+
+        # Transformer
         hidden, presents = [h], []
+        pasts = tf.unstack(past, axis=1) if past is not None else [None] * hp.n_layer
         for block, layer_past in zip(self.blocks, pasts):
-            h, present = block(h, past=layer_past, past_length=past_length)
+            h, present = block(h, past=layer_past)
             presents.append(present)
             hidden.append(h)
-        out = {"present": presents if past_length is not None else tf.stack(presents, axis=1),
-               "logits": self.logits(self.ln_f(h), wte)}
+        present = tf.stack(presents, axis=1)
+        present.set_shape(past_shape(hparams=hp, batch_size=tokens.shape[0], sequence=tokens.shape[1]))
+        h = self.ln_f(h)
+
+        # Language model loss.  Do tokens <n predict token n?
+        out = {"present": present, "logits": self.logits(h, wte)}
         if return_hidden:
             out["hidden"] = tf.stack(hidden, axis=1)
         return out
+
+    def call_with_cache(self, tokens, cache, past_length):
+        """`call` over preallocated caches (see the class's docstring): {"logits", "cache"}."""
+        h, wte = self.embed(tokens, past_length)
+        caches = []
+        for block, layer_cache in zip(self.blocks, cache):
+            h, layer_cache = block.call_with_cache(h, layer_cache, past_length)
+            caches.append(layer_cache)
+        return {"logits": self.logits(self.ln_f(h), wte), "cache": caches}
+
+    def embed(self, tokens, past_length):
+        """(h [B, T, C], wte [V, C]) in the compute dtype: each token's embedding plus its position's.
+        past_length: the position of the first token, a scalar or [B]."""
+        check_positions(past_length, shape_list(tokens)[1], self.hparams.n_ctx)
+        wte = tf.cast(self.wte, self.compute_dtype)
+        wpe = tf.gather(self.wpe, positions_for(tokens, past_length))
+        return tf.gather(wte, tokens) + tf.cast(wpe, self.compute_dtype), wte
 
     def unembed(self, h, final_norm=True):
         """Logits [..., V] float32 of hidden states h [..., C]: ln_f (unless final_norm=False), then

@@ -9,7 +9,9 @@ become -1e10. Nucleus sampling keeps the smallest set of most likely tokens whos
 reaches p, the token that crosses p included (the nshepperd sampler's definition). Temperature 0
 means greedy decoding. The settings are Python numbers (a traced function per setting, with what is
 switched off left out) or scalar tensors (one function for all settings, as a SavedModel's signature
-needs: gpt2_tf/serving.py).
+needs: gpt2_tf/serving.py). Each filter is written as the originals wrote it; the kernels that find
+the same thresholds without sorting (XLA sorts slowly on a CPU), and argmax, are in ops.py, and the
+random streams in streams.py. Within `model.plain_formulas()` the formulas are computed.
 """
 
 import weakref
@@ -17,8 +19,9 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from gpt2_tf.model import softmax
-from gpt2_tf.ops import in_xla
+from gpt2_tf import ops
+from gpt2_tf.model import kernels_on, softmax
+from gpt2_tf.streams import sample_keys, uniform_noise
 
 # Prompts are padded up to a multiple of this, so that prompts of different lengths share one
 # compiled function (the padding positions are masked out and then overwritten).
@@ -45,22 +48,20 @@ def top_k_logits(logits, k, xla=False):
 
 
 def _top_k(logits, k, xla):
-    if not xla:
-        kth = tf.math.top_k(logits, tf.minimum(k, tf.shape(logits)[-1])).values[:, -1:]
-        return tf.where(logits >= kth, logits, tf.cast(-1e10, logits.dtype))
-    keys = _order_keys(logits)
-    # The k-th largest key of each row: the largest t with at least k keys >= t.
-    kth = _bisect(lambda t: tf.reduce_sum(tf.cast(keys >= t, tf.int32), axis=-1, keepdims=True) >= k,
-                  lo=_wide(tf.reduce_min(keys, axis=-1, keepdims=True)),
-                  hi=_wide(tf.reduce_max(keys, axis=-1, keepdims=True)) + 1)
-    return tf.where(keys >= kth, logits, tf.cast(-1e10, logits.dtype))
+    if xla and kernels_on():
+        return ops.top_k_logits(logits, k)
+    values, _ = tf.math.top_k(logits, k=tf.minimum(k, tf.shape(logits)[-1]))
+    min_values = values[:, -1, tf.newaxis]
+    return tf.where(logits < min_values, tf.cast(-1e10, logits.dtype), logits)
 
 
 def top_p_logits(logits, p):
     """Nucleus filter: keep the most likely tokens until their probability reaches p. [B, V] -> [B, V].
 
     Token i is kept when the probability of the tokens ranked above it is below p, so the token that
-    crosses p is kept and at least one token always is. p >= 1 or p <= 0 keeps everything.
+    crosses p is kept and at least one token always is. p >= 1 or p <= 0 keeps everything. Tokens
+    whose logit equals the smallest one kept are kept too (ties are kept, as the original's
+    `logits < min_logits` does), by the formula and by ops.top_p_logits alike.
     """
     if tf.is_tensor(p):  # the filter runs only when 0 < p < 1
         return tf.cond((p > 0) & (p < 1), lambda: _top_p(logits, p), lambda: logits)
@@ -68,57 +69,21 @@ def top_p_logits(logits, p):
 
 
 def _top_p(logits, p):
-    # Outside XLA the keys are int64: TensorFlow's GPU kernels keep int32 tensors in host memory, and
-    # the [B, V] keys would be copied there and back at each of the bisection's comparisons.
-    wide = not in_xla()
-    keys = _order_keys(logits, wide)
-    probs = softmax(tf.cast(logits, tf.float32))
-    # Keep the keys above t*, the largest t such that the tokens above t hold at least p. The bounds
-    # come from the keys of the smallest and largest logits (the keys keep their order), one wider
-    # each way for -0.0 and +0.0, which compare equal and have keys -1 and 0.
-    above = _bisect(lambda t: tf.reduce_sum(tf.where(keys > t, probs, 0.0), axis=-1, keepdims=True) >= p,
-                    lo=_wide(_order_keys(tf.reduce_min(logits, axis=-1, keepdims=True))) - 2,
-                    hi=_wide(_order_keys(tf.reduce_max(logits, axis=-1, keepdims=True))) + 1,
-                    dtype=keys.dtype)
-    return tf.where(keys > above, logits, tf.cast(-1e10, logits.dtype))
-
-
-def _order_keys(logits, wide=False):
-    """int32 keys (int64 when `wide`) in the order of the float logits [B, V]: the float bits,
-    negatives' magnitude bits flipped.
-
-    Thresholds are found by bisection on these keys rather than by sorting the vocabulary, which
-    XLA does slowly on a CPU; the result is the same.
-    """
-    bits = tf.bitcast(tf.cast(logits, tf.float32), tf.int32)
-    if wide:
-        bits = tf.cast(bits, tf.int64)
-    return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, tf.cast(0x7FFFFFFF, bits.dtype)), bits)
-
-
-def _wide(keys):
-    """Keys as int64, so that bounds one beyond them and midpoints cannot overflow."""
-    return tf.cast(keys, tf.int64)
-
-
-def _bisect(ok, lo, hi, dtype=tf.int32):
-    """The largest t in [lo, hi) with ok(t), per row, for ok true up to some t and false above.
-
-    lo, hi: [B, 1] int64 with ok(lo) true and ok(hi) false; ok takes t as `dtype` (a key's).
-    33 halvings cover any int32 range. Returns t, [B, 1] of `dtype`.
-    """
-    for _ in range(33):
-        mid = (lo + hi) // 2
-        good = ok(tf.cast(mid, dtype))
-        lo = tf.where(good, mid, lo)
-        hi = tf.where(good, hi, mid)
-    return tf.cast(lo, dtype)
+    if kernels_on():
+        return ops.top_p_logits(logits, p)
+    # The original's: sort, cumulative sum, and the smallest logit still kept.
+    logits_sort = tf.sort(logits, direction="DESCENDING")
+    probs_sort = softmax(tf.cast(logits_sort, tf.float32))
+    probs_sums = tf.cumsum(probs_sort, axis=1, exclusive=True)
+    logits_masked = tf.where(probs_sums < p, logits_sort, tf.ones_like(logits_sort) * 1000)
+    min_logits = tf.reduce_min(logits_masked, axis=1, keepdims=True)
+    return tf.where(logits < min_logits, tf.cast(-1e10, logits.dtype), logits)
 
 
 def choose(logits, temperature, top_k, top_p, keys, step, xla=False):
     """Draw one token per row from logits [B, V] float32 -> [B] int32.
 
-    keys [B] int32 name each row's random stream (see `row_keys`) and `step` (a scalar) the draw within
+    keys [B] int32 name each row's random stream (see streams.py) and `step` (a scalar) the draw within
     it: row b's draw depends on its logits, keys[b] and step alone, never on the other rows, so a
     sample is the same whatever shares its batch.
 
@@ -128,66 +93,16 @@ def choose(logits, temperature, top_k, top_p, keys, step, xla=False):
     """
     if tf.is_tensor(temperature):  # drawn only when temperature > 0
         return tf.cond(temperature > 0, lambda: _draw(logits, temperature, top_k, top_p, keys, step, xla),
-                       lambda: argmax(logits))
-    return argmax(logits) if temperature == 0 else _draw(logits, temperature, top_k, top_p, keys, step, xla)
+                       lambda: ops.argmax(logits))
+    if temperature == 0:
+        return ops.argmax(logits)
+    return _draw(logits, temperature, top_k, top_p, keys, step, xla)
 
 
 def _draw(logits, temperature, top_k, top_p, keys, step, xla):
     logits = top_p_logits(top_k_logits(logits / temperature, top_k, xla), top_p)
     uniform = uniform_noise(keys, step, tf.shape(logits)[1])
-    return argmax(logits - tf.math.log(-tf.math.log(uniform)))
-
-
-def uniform_noise(keys, step, size):
-    """Uniform numbers in (0, 1), float32 [B, size]: row b is a function of keys[b], step and the column
-    alone. A counter-based generator: each (row key, step) pair gives a 32-bit row seed, and column j's
-    number is murmur3's 32-bit finalizer applied twice to that seed plus j times the golden ratio; its
-    top 24 bits make the float. Integer arithmetic only, so XLA and TensorFlow's own kernels, on any
-    device, give the same numbers (TensorFlow's stateless random ops use Threefry under XLA and Philox
-    elsewhere); under XLA on a CPU it draws 8 x 50,257 numbers in 0.5 ms against Threefry's 0.85, one
-    row after another included.
-    """
-    golden = tf.constant(0x9E3779B9, tf.uint32)
-    step = tf.bitcast(tf.cast(step, tf.int32), tf.uint32)
-    row = _fmix32(tf.bitcast(tf.cast(keys, tf.int32), tf.uint32) ^ _fmix32(step + golden))[:, None]
-    column = tf.bitcast(tf.range(size), tf.uint32)[None]
-    bits = _fmix32(_fmix32(row + column * golden) ^ row)
-    # (n + 0.5) / 2^24 for the top 24 bits n: the largest n rounds to exactly 1.0 in float32, whose
-    # Gumbel noise would be infinite (that token drawn whatever its probability, once in about 334
-    # draws over 50,257 tokens), so it takes the largest float below 1 instead.
-    uniform = (tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) + 0.5) * 2.0**-24
-    return tf.minimum(uniform, 1 - 2.0**-24)
-
-
-def _fmix32(h):
-    """murmur3's finalizer: a bijection of uint32 in which every input bit changes each output bit with
-    probability about 1/2."""
-    h ^= tf.bitwise.right_shift(h, 16)
-    h *= tf.constant(0x85EBCA6B, tf.uint32)
-    h ^= tf.bitwise.right_shift(h, 13)
-    h *= tf.constant(0xC2B2AE35, tf.uint32)
-    return h ^ tf.bitwise.right_shift(h, 16)
-
-
-def row_keys(seed, rows):
-    """The random stream of each row, int32 [B]: from `seed` and the row's (prompt number, sample
-    number) in `rows`, mixed by NumPy's SeedSequence. Sample s of prompt p is drawn from the same
-    stream in any batch, at any batch size."""
-    return np.array([np.random.SeedSequence([seed, p, s]).generate_state(1)[0] for p, s in rows],
-                    np.uint32).view(np.int32)
-
-
-def argmax(x):
-    """The index of the largest value of each row, the first one on ties: x [B, V] -> [B] int32.
-
-    tf.argmax's result, as two plain reductions (the max, then the smallest index holding it). XLA
-    compiles tf.argmax to a slow two-value reduction on a CPU: over 50,257 logits, drawing a token
-    took 1.4 ms per decoding step with it and 0.8 ms this way (TF profiler).
-    """
-    largest = x == tf.reduce_max(x, axis=-1, keepdims=True)
-    # The indices as float32 (exact below 2^24): TensorFlow's GPU kernels reduce no int32.
-    index = tf.range(tf.cast(tf.shape(x)[-1], tf.float32))
-    return tf.cast(tf.reduce_min(tf.where(largest, index, float("inf")), axis=-1), tf.int32)
+    return ops.argmax(logits - tf.math.log(-tf.math.log(uniform)))
 
 
 def default_jit_compile(dtype="float32"):
@@ -223,17 +138,16 @@ class Generator:
         self.jit_compile = jit_compile
         self._functions = {}
 
-    def _function(self, kind, ragged, temperature, top_k, top_p):
-        key = (kind, ragged, float(temperature), int(top_k), float(top_p))
+    def _compiled(self, step, temperature, top_k, top_p, **options):
+        """`step` (prompt_step or decode_steps) of this model with these settings, as a tf.function made
+        once: the decoding steps with XLA when `jit_compile`, the prompt step as a TensorFlow graph."""
+        key = (step, float(temperature), int(top_k), float(top_p), *sorted(options.items()))
         if key not in self._functions:
-            xla = self.jit_compile and kind == "extend"
-            options = dict(temperature=temperature, top_k=top_k, top_p=top_p, xla=xla)
-            if kind == "extend":
-                options["ragged"] = ragged
-            step = _prompt_step if kind == "start" else _decode_steps
+            xla = self.jit_compile and step is decode_steps
+            settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, xla=xla, **options)
             # Without autograph (the steps hold no Python control flow on tensors): tracing the 124M
             # model's prompt step took 1.1 s less (bench/cold_start.py).
-            self._functions[key] = tf.function(lambda *args: step(self.model, *args, **options),
+            self._functions[key] = tf.function(lambda *args: step(self.model, *args, **settings),
                                                jit_compile=xla, autograph=False)
         return self._functions[key]
 
@@ -261,9 +175,9 @@ class Generator:
             padded[b, :len(p)] = p
         if keys is None:
             seed = np.random.randint(2**31) if seed is None else seed
-            keys = row_keys(seed, [(0, b) for b in range(len(prompts))] if rows is None else rows)
+            keys = sample_keys(seed, [(0, b) for b in range(len(prompts))] if rows is None else rows)
         state = GenerationState(keys, lengths, (temperature, top_k, top_p))
-        run = self._function("start", None, temperature, top_k, top_p)
+        run = self._compiled(prompt_step, temperature, top_k, top_p)
         state.tokens, state.cache = run(tf.constant(padded), tf.constant(lengths), tf.constant(size),
                                         tf.constant(state.keys), tf.constant(step, tf.int32))
         state.step = step
@@ -278,7 +192,7 @@ class Generator:
             raise ValueError(f"cannot extend to {state.lengths.max() + state.drawn + n} tokens: the cache "
                              f"holds {state.tokens.shape[1]}")
         ragged = bool((state.lengths != state.lengths[0]).any())
-        run = self._function("extend", ragged, *state.options)
+        run = self._compiled(decode_steps, *state.options, ragged=ragged)
         state.tokens, state.cache = run(state.tokens, state.cache, tf.constant(state.lengths),
                                         tf.constant(state.drawn), tf.constant(n), tf.constant(state.keys),
                                         tf.constant(state.step + state.drawn, tf.int32))
@@ -378,7 +292,7 @@ class GenerationState:
         return np.stack(self.rows())
 
 
-def _prompt_step(model, padded, lengths, size, keys, step, temperature, top_k, top_p, xla):
+def prompt_step(model, padded, lengths, size, keys, step, temperature, top_k, top_p, xla):
     """Fill a new cache of `size` positions with the (right-padded) prompts and draw the token after
     each: padded [B, P] (P <= size), lengths [B] -> (tokens [B, size + 1], cache: L pairs (keys, values)
     of [B * H, size, D]). The padding is masked from every real token and later overwritten.
@@ -387,14 +301,14 @@ def _prompt_step(model, padded, lengths, size, keys, step, temperature, top_k, t
     batch = tf.shape(padded)[0]
     cache_shape = [batch * hp.n_head, size, hp.n_embd // hp.n_head]
     cache = [(tf.zeros(cache_shape, model.compute_dtype),) * 2 for _ in range(hp.n_layer)]
-    out = model(padded, past=cache, past_length=tf.constant(0))
+    out = model.call_with_cache(padded, cache, tf.constant(0))
     logits = tf.gather(out["logits"], lengths[:, None] - 1, batch_dims=1)[:, 0]
     token = choose(logits, temperature, top_k, top_p, keys, step, xla)
     tokens = tf.concat([padded, tf.zeros([batch, size + 1 - tf.shape(padded)[1]], tf.int32)], 1)
-    return _write(tokens, token, lengths), out["present"]
+    return write_token(tokens, token, lengths), out["cache"]
 
 
-def _decode_steps(model, tokens, cache, lengths, drawn, n, keys, step, temperature, top_k, top_p, xla,
+def decode_steps(model, tokens, cache, lengths, drawn, n, keys, step, temperature, top_k, top_p, xla,
                   ragged, end=None):
     """Draw n tokens one at a time for every row of tokens [B, S + 1], whose row b holds lengths[b]
     prompt tokens and `drawn` drawn ones.
@@ -408,10 +322,10 @@ def _decode_steps(model, tokens, cache, lengths, drawn, n, keys, step, temperatu
     def body(i, tokens, cache, ended):
         positions = lengths + drawn + i - 1  # [B]: each row's last known token, not yet in the cache
         fed = tf.gather(tokens, positions[:, None], batch_dims=1)
-        out = model(fed, past=cache, past_length=positions if ragged else positions[0])
+        out = model.call_with_cache(fed, cache, positions if ragged else positions[0])
         token = choose(out["logits"][:, 0], temperature, top_k, top_p, keys, step + i, xla)
         ended = ended if end is None else ended | (token == end)
-        return i + 1, _write(tokens, token, positions + 1), out["present"], ended
+        return i + 1, write_token(tokens, token, positions + 1), out["cache"], ended
 
     def more(i, tokens, cache, ended):
         return ~tf.reduce_all(ended)
@@ -423,7 +337,7 @@ def _decode_steps(model, tokens, cache, lengths, drawn, n, keys, step, temperatu
     return tokens, cache
 
 
-def _write(tokens, token, positions):
+def write_token(tokens, token, positions):
     """tokens[b, positions[b]] = token[b]. tokens [B, S], token [B], positions [B]."""
     column = tf.range(tf.shape(tokens)[1])[None] == positions[:, None]
     return tf.where(column, token[:, None], tokens)
@@ -436,9 +350,10 @@ def sample_sequence(model, length, start_token=None, batch_size=None, context=No
     Give exactly one of `start_token` (with batch_size: every row starts from that token) or
     `context`: a [B, T] array of token ids, or a list of B token lists of different lengths. Returns
     the context with the new tokens: a numpy array [B, T + length], or for a list, a list of arrays.
-    Same seed and arguments give the same tokens; row b is sample b of prompt 0 (`row_keys`), whatever
-    the batch. `window_shift` lets `length` pass the context (`Generator.draws`). The compiled
-    functions are kept with the model (or pass a Generator), so later calls reuse them.
+    Same seed and arguments give the same tokens; row b is sample b of prompt 0
+    (`streams.sample_keys`), whatever the batch. `window_shift` lets `length` pass the context
+    (`Generator.draws`). The compiled functions are kept with the model (or pass a Generator), so
+    later calls reuse them.
     """
     if (start_token is None) == (context is None):
         raise ValueError("Specify exactly one of start_token and context!")

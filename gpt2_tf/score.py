@@ -44,6 +44,26 @@ def next_token_scores(model, inputs, targets, details=False):
     return {name: tf.reshape(value, [batch, length, *value.shape[1:]]) for name, value in out.items()}
 
 
+def window_scores(model, inputs, labels):
+    """next_token_scores of predicting labels[:, 1:] from inputs[:, :-1]: each [b, T - 1].
+
+    inputs, labels: [b, T] int32 (inputs are the possibly noised labels). Position i's target is
+    label i + 1: the targets are the labels shifted one to the left, and the last position, which has
+    no next label, gets the first one as a placeholder (the labels rotated), whose scores are dropped.
+    So the logits of all T positions are used as they come: slicing the [b, T, V] logits to T - 1
+    would copy them, and their gradient too.
+    """
+    targets = tf.roll(labels, shift=-1, axis=1)  # [labels[:, 1:], labels[:, :1]]
+    return {name: value[:, :-1] for name, value in next_token_scores(model, inputs, targets).items()}
+
+
+def loss_sum(model, inputs, labels):
+    """Sum of the cross-entropies of predicting labels[:, 1:] from inputs[:, :-1] ([b, T] int32): a
+    float32 scalar; divided by b * (T - 1) it is the original's loss (a mean over every position of
+    every row)."""
+    return tf.reduce_sum(window_scores(model, inputs, labels)["loss"])
+
+
 def rank(logits, ids):
     """1 + the number of tokens with larger logits than each of ids: logits [N, V], ids [N, W] -> [N, W]."""
     picked = tf.gather(logits, ids, batch_dims=1)  # [N, W]
@@ -57,7 +77,7 @@ def rank(logits, ids):
 
 
 @dataclasses.dataclass
-class Block:
+class Window:
     """One window of a token sequence t: the inputs t[start:last] predict the targets t[first..last].
 
     weight: None, or (Hugging Face's loop) the count its mean loss is weighted by.
@@ -69,21 +89,21 @@ class Block:
     weight: int = None
 
 
-def blocks(n, context, stride):
+def windows(n, context, stride):
     """The windows that score t_1 .. t_n of t_0 .. t_n, each target once (docs/score.md).
 
-    Block 1 scores t_1 .. t_e1 with e1 = min(C, n); block k scores t_(e(k-1)+1) .. t_ek with
+    Window 1 scores t_1 .. t_e1 with e1 = min(C, n); window k scores t_(e(k-1)+1) .. t_ek with
     ek = min(e(k-1) + S, n), reading t_max(0, ek - C) .. t_(ek - 1).
     """
     found, end = [], 0
     while end < n:
         new_end = min(context if end == 0 else end + stride, n)
-        found.append(Block(max(0, new_end - context), end + 1, new_end))
+        found.append(Window(max(0, new_end - context), end + 1, new_end))
         end = new_end
     return found
 
 
-def hf_blocks(length, context, stride):
+def hf_windows(length, context, stride):
     """The windows of Hugging Face's perplexity guide over t_0 .. t_(length - 1) (docs/score.md).
 
     For begin = 0, S, 2S, ...: end = min(begin + C, length), trg_len = end - previous end; the window
@@ -96,7 +116,7 @@ def hf_blocks(length, context, stride):
         target_length = end - previous
         first = max(begin + 1, end - target_length)
         if first <= end - 1:
-            found.append(Block(begin, first, end - 1, weight=target_length - 1))
+            found.append(Window(begin, first, end - 1, weight=target_length - 1))
         previous = end
         if end == length:
             break
@@ -158,27 +178,27 @@ def score_documents(model, documents, context, stride, prefix="eot", compat=None
     number of targets of each batch done. eot: the id of <|endoftext|>.
     """
     sequences = [sequence(d, "none" if compat == "hf" else prefix, eot) for d in documents]
-    work = []  # (document index, block)
+    work = []  # (document index, window)
     for i, seq in enumerate(sequences):
         if compat == "hf":
-            work.extend((i, block) for block in hf_blocks(len(seq), context, stride))
+            work.extend((i, window) for window in hf_windows(len(seq), context, stride))
         else:
-            work.extend((i, block) for block in blocks(len(seq) - 1, context, stride))
+            work.extend((i, window) for window in windows(len(seq) - 1, context, stride))
     scorer = WindowScorer(model, context, batch_size, details, jit_compile)
     results = [dict(nll=0.0, tokens=0, correct=0, parts=[]) for _ in documents]
-    for w, scores in scorer.run([(sequences[i], block) for i, block in work], progress):
-        i, block = work[w]
+    for w, scores in scorer.run([(sequences[i], window) for i, window in work], progress):
+        i, window = work[w]
         result = results[i]
         loss = scores["loss"].astype(np.float64)
-        if block.weight is None:
+        if window.weight is None:
             result["nll"] += float(loss.sum())
             result["tokens"] += len(loss)
         else:
-            result["nll"] += float(loss.mean()) * block.weight
-            result["tokens"] += block.weight
+            result["nll"] += float(loss.mean()) * window.weight
+            result["tokens"] += window.weight
         result["correct"] += int(scores["correct"].sum())
         if details:
-            result["parts"].append((np.arange(block.first, block.last + 1), scores))
+            result["parts"].append((np.arange(window.first, window.last + 1), scores))
     scored = []
     for document, seq, result in zip(documents, sequences, results):
         item = Scored(document, result["tokens"], result["nll"], result["correct"])
@@ -203,7 +223,7 @@ class WindowScorer:
                                    jit_compile=jit_compile, reduce_retracing=True)
 
     def run(self, windows, progress=None):
-        """Yield (index, scores) for each of windows [(sequence, block)], in an order of its own: scores
+        """Yield (index, scores) for each of windows [(sequence, window)], in an order of its own: scores
         maps names to numpy arrays over the block's targets t[first..last]."""
         buckets = {}
         for index, (_, block) in enumerate(windows):

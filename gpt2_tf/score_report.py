@@ -1,19 +1,13 @@
-"""score.py's work once its flags are checked (`run`), and its outputs: the table, JSON, one TSV row per
-scored token, and a self-contained HTML page.
+"""score.py's outputs: the table, JSON, one TSV row per scored token, and a self-contained HTML page.
 
-The outputs read `gpt2_tf.score.Scored` results and the figures of `score.totals` and need no
-TensorFlow; `run` imports it when it loads the model.
+They read `gpt2_tf.score.Scored` results and the figures of `score.totals`, and need no TensorFlow.
 """
 
 import html
 import json
 import math
-import sys
 
-from tqdm import tqdm
-
-from gpt2_tf.cli import UsageError
-from gpt2_tf.files import atomic_write, is_stdout
+from gpt2_tf.files import atomic_write
 
 COLUMNS = ["tokens", "bytes", "words", "loss", "ppl", "bits/byte", "word ppl", "accuracy"]
 
@@ -93,61 +87,3 @@ def write_html(path, scored, decode, title):
             "model's top 5.</p>\n" + "\n".join(parts) + "\n</body></html>\n")
     with atomic_write(path, encoding="utf-8") as f:
         f.write(page)
-
-
-# ---------------------------------------------------------------------------------------------------
-# score.py, after its flags are parsed.
-
-
-def run(args, files, out=None, model=None):
-    """score.py: load the model (the ModelFiles `model`, else the one the flags name) and the documents
-    of `files`, score them, print the table to `out` (default stdout; stderr when a file is written to
-    standard output) and write the requested files. Returns the totals."""
-    from gpt2_tf.devices import grow_gpu_memory
-    from gpt2_tf.generate import load
-    from gpt2_tf.score import figures, load_documents, score_documents, totals
-
-    outputs = [getattr(args, flag) for flag in ("json", "tsv", "html") if getattr(args, flag)]
-    out = out or (sys.stderr if any(is_stdout(path) for path in outputs) else sys.stdout)
-    grow_gpu_memory()
-    model, hparams, enc = load(args.model_name, args.models_dir, args.run_name, args.checkpoint_dir,
-                               dtype=args.dtype, files=model)
-    context = args.context or hparams.n_ctx
-    stride = args.stride or context // 2
-    documents = load_documents(enc, files, args.per_line, args.encoding, args.errors, hparams.n_vocab,
-                               args.bin_dtype)
-    if args.prefix == "eot" and args.compat is None and enc.eot_token is None:
-        raise UsageError("the vocabulary has no <|endoftext|> token: use --prefix none")
-    prefix = "none" if args.compat == "hf" else args.prefix
-    targets = sum(max(0, len(d.tokens) - (prefix == "none")) for d in documents)
-    if not targets:
-        raise UsageError("nothing to score: the input is empty (no tokens)"
-                         + (" after the first of each document" if prefix == "none" else ""))
-    details = bool(args.tsv or args.html)
-    with tqdm(total=targets, unit="tok", desc="Scoring", disable=args.quiet, dynamic_ncols=True) as bar:
-        scored = score_documents(model, documents, context, stride, args.prefix, args.compat,
-                                 args.batch_size, details, bar.update, enc.eot_token)
-    total = totals(scored)
-    rows = [(s.document.name, {"tokens": s.tokens, "bytes": s.document.bytes, "words": s.document.words,
-                               "nll": s.nll, "correct": s.correct,
-                               **figures(s.tokens, s.nll, s.correct, s.document.bytes, s.document.words)})
-            for s in scored]
-    if not args.quiet:
-        shown = rows if (args.show_documents or not args.per_line) else []
-        print("\n".join(table(shown, total)), file=out)
-        if total["bytes"] is None:
-            print("(.npz input holds tokens only: bits per byte and word perplexity need the text)", file=out)
-    if args.json:
-        settings = {"model": args.run_name or args.model_name, "context": context, "stride": stride,
-                    "prefix": prefix, "compat": args.compat}
-        write_json(args.json, to_json(settings, rows, total))
-
-    def decode(token):
-        return enc.decode([token])
-
-    if args.tsv:
-        write_tsv(args.tsv, scored, decode)
-    if args.html:
-        names = ", ".join(s.document.name for s in scored[:3]) + (", ..." if len(scored) > 3 else "")
-        write_html(args.html, scored, decode, f"{args.run_name or args.model_name}: {names}")
-    return total

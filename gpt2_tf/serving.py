@@ -22,8 +22,9 @@ import os
 import tensorflow as tf
 
 from gpt2_tf.graph_encoder import GraphEncoder
-from gpt2_tf.sample import BUCKET, _decode_steps, _fmix32, _prompt_step, bucketed
+from gpt2_tf.sample import BUCKET, bucketed, decode_steps, prompt_step
 from gpt2_tf.score import next_token_scores
+from gpt2_tf.streams import batch_keys
 
 VERSION = "1"  # the subfolder TF Serving loads: <model base path>/<version>/
 
@@ -99,7 +100,7 @@ def generate_ids(model, eot, input_ids, lengths, max_new_tokens, temperature, to
         width = bucketed(longest, n_ctx)
         input_ids = tf.pad(input_ids, [[0, 0], [0, BUCKET]])
     decode = tf.function(_decode, jit_compile=True, autograph=False) if xla else _decode
-    tokens = decode(model, eot, input_ids[:, :width], lengths, size, row_keys(seed, batch), max_new_tokens,
+    tokens = decode(model, eot, input_ids[:, :width], lengths, size, batch_keys(seed, batch), max_new_tokens,
                     temperature, top_k, top_p, xla)
     new = tf.gather(tokens, lengths[:, None] + tf.range(max_new_tokens)[None], batch_dims=1)
     ended = tf.cumsum(tf.cast(new == eot, tf.int32), axis=1) > 0
@@ -109,8 +110,8 @@ def generate_ids(model, eot, input_ids, lengths, max_new_tokens, temperature, to
 
 def _decode(model, eot, prompts, lengths, size, keys, n, temperature, top_k, top_p, xla):
     """sample.py's prompt step and decoding loop: tokens [B, size + 1]."""
-    tokens, cache = _prompt_step(model, prompts, lengths, size, keys, 0, temperature, top_k, top_p, xla=xla)
-    tokens, _ = _decode_steps(model, tokens, cache, lengths, 1, n - 1, keys, 1, temperature, top_k, top_p,
+    tokens, cache = prompt_step(model, prompts, lengths, size, keys, 0, temperature, top_k, top_p, xla=xla)
+    tokens, _ = decode_steps(model, tokens, cache, lengths, 1, n - 1, keys, 1, temperature, top_k, top_p,
                               xla=xla, ragged=True, end=eot)
     return tokens
 
@@ -140,13 +141,6 @@ def check_ids(model, input_ids, lengths):
     bad = inside & ((input_ids < 0) | (input_ids >= n_vocab))
     return tf.debugging.Assert(~tf.reduce_any(bad), [f"input_ids must be token ids from 0 to {n_vocab - 1}; "
                                                       "got", tf.boolean_mask(input_ids, bad)], summarize=5)
-
-
-def row_keys(seed, batch):
-    """Each row's random stream, int32 [B]: murmur3's finalizer of `seed` mixed with the row number."""
-    golden = tf.constant(0x9E3779B9, tf.uint32)
-    mixed = _fmix32(tf.bitcast(seed, tf.uint32)) + tf.bitcast(tf.range(batch), tf.uint32) * golden
-    return tf.bitcast(_fmix32(mixed), tf.int32)
 
 
 def export(model, encoder, merges, folder):

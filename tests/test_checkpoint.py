@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from tf1_model import TINY_HPARAMS
 
-from gpt2_tf import checkpoint, load_model
+from gpt2_tf import checkpoint, checkpoint_files, load_model
 from gpt2_tf.checkpoint import CheckpointError
 from gpt2_tf.model import GPT2
 
@@ -109,7 +109,7 @@ def test_state_file_keeps_the_newest(tiny_model, tmp_path):
     model, _ = load_model(tiny_model_path(tiny_model))
     for step in range(1, 5):
         checkpoint.save(model, str(tmp_path / f"model-{step}"), max_to_keep=2)
-    assert checkpoint.read_state_file(str(tmp_path)) == ["model-3", "model-4"]
+    assert checkpoint_files.read_state_file(str(tmp_path)) == ["model-3", "model-4"]
     assert not os.path.exists(tmp_path / "model-1.index")
     assert os.path.exists(tmp_path / "model-3.index")
     assert checkpoint.latest(str(tmp_path)) == str(tmp_path / "model-4")

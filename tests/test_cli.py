@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from cli_checks import TF_LOG, assert_refused, snapshot
+from cli_checks import TF_LOG, assert_refused, frameworks_imported, snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ["download_model.py", "encode.py", "train_bpe.py", "train.py", "sample.py", "lens.py", "score.py",
@@ -327,3 +327,13 @@ def test_sample_refuses_a_damaged_model(tmp_path, tiny_model):
     assert out.returncode == 1 and "Traceback" not in out.stderr
     lines = out.stderr.splitlines()
     assert len(lines) == 1 and "model/ln_f/g" in lines[0] and "not finite" in lines[0], out.stderr
+
+
+def test_the_modules_said_to_need_no_tensorflow_import_none():
+    """gpt2_tf.TENSORFLOW_FREE, and every command's module up to its work (the flags and checks)."""
+    import gpt2_tf
+
+    names = ("sample", "score", "lens", "train", "train_checks", "encode", "convert", "download", "train_bpe",
+             "prompts", "model_flags")
+    commands = [f"gpt2_tf.cli.{name}" for name in names]
+    assert frameworks_imported(*[f"gpt2_tf.{m}" for m in gpt2_tf.TENSORFLOW_FREE], *commands) == "[]"

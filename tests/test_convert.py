@@ -21,7 +21,7 @@ from cli_checks import assert_refused, snapshot
 from tf1_model import TINY_HPARAMS
 
 from gpt2_tf import convert, safetensors_file
-from gpt2_tf.bundle import read_bundle
+from gpt2_tf.checkpoint_files import read_bundle
 from gpt2_tf.download import verify_model_dir
 from gpt2_tf.encoder import Encoder, load_encoder_files
 from gpt2_tf.hparams import HParams

@@ -22,7 +22,7 @@ def enc(vocab_dir):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The original algorithms (ORIGINAL_SPEC 7.2-7.4), written as the oracles.
+# The original algorithms (nshepperd's load_dataset, the Sampler), written as the oracles.
 
 
 def original_load_dataset(enc, paths, combine, encoding="utf-8"):
@@ -250,7 +250,7 @@ def test_input_errors_name_the_problem(enc, tmp_path, monkeypatch):
 
 
 def test_list_files_errors_leave_naming_the_path_to_the_caller(enc, tmp_path):
-    # gpt2_tf/train.py's load_chunks puts "dataset <path>: " in front of load_dataset's message.
+    # gpt2_tf/cli/train_loop.py's load_chunks puts "dataset <path>: " in front of load_dataset's message.
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "binary").mkdir()

@@ -17,7 +17,7 @@ from gpt2_tf.hparams import load_hparams
 
 @pytest.mark.slow
 def test_quick_demo_learns(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "gpt2_tf.demo", "--quick", "--work_dir", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "gpt2_tf.cli.demo", "--quick", "--work_dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     run = tmp_path / "checkpoint" / "demo"

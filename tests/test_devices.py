@@ -15,7 +15,7 @@ import tensorflow as tf
 from gpt2_tf import checkpoint, ops
 from gpt2_tf.model import norm, plain_formulas
 from gpt2_tf.optim import make_optimizer
-from gpt2_tf.train import TrainStep, build_model, trained_variables
+from gpt2_tf.train_step import TrainStep, build_model, trained_variables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +29,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from gpt2_tf import checkpoint
 from gpt2_tf.optim import make_optimizer
-from gpt2_tf.train import TrainStep, build_model, trained_variables
+from gpt2_tf.train_step import TrainStep, build_model, trained_variables
 
 MODEL = sys.argv[1]
 TOKENS = np.random.RandomState(4).randint(0, 50257, (1, 4, 64)).astype(np.int32)
@@ -177,9 +177,9 @@ def test_quiet_mode_lets_through_a_gpu_that_cannot_be_used():
 
 def test_the_memory_estimate_counts_gradients_under_xla_and_reads_the_gpu():
     import train as train_script
+    from gpt2_tf.cli.train_checks import memory_warning
     from gpt2_tf.devices import gpu_memory
     from gpt2_tf.hparams import released
-    from gpt2_tf.train_checks import memory_warning
 
     gib = 1 << 30
     args = train_script.parse_args(["--dataset", "x", "--model_name", "774M", "--memory_saving_gradients"])

@@ -14,7 +14,7 @@ import pytest
 from cli_checks import frameworks_imported, snapshot
 
 from gpt2_tf import download
-from gpt2_tf.bundle import read_bundle_index
+from gpt2_tf.checkpoint_files import read_bundle_index
 from gpt2_tf.download import FILES, BadModelDir, DownloadError, download_model, verify_model_dir
 from gpt2_tf.hparams import load_hparams, model_dir
 
@@ -67,7 +67,7 @@ class ModelServer:
                     payload = payload[:len(payload) // 2]
                 self.reply(status, payload, headers=headers, length=length)
                 if fault == "hang":
-                    owner.release.wait(20)
+                    owner.release.wait(120)
 
             def reply(self, status, payload, content_type="application/octet-stream", headers=(),
                       length=None):
@@ -448,7 +448,7 @@ def test_script_interrupted_keeps_the_part_file(server, source, tmp_path):
     part = models / "124M" / (DATA + ".part")
     process = run_script(source[0], "124M", "--models_dir", str(models), "--base_url", server.url,
                          code=TINY_AS_124M)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     # Wait until the client has written all the server sent, then interrupt it.
     while not body_bytes(server, DATA) or not part.exists() or part.stat().st_size < body_bytes(server, DATA):
         assert time.monotonic() < deadline and process.poll() is None

@@ -21,8 +21,8 @@ import json, os, sys
 from gpt2_tf import checkpoint
 from gpt2_tf.hparams import HParams
 from gpt2_tf.optim import make_optimizer
-from gpt2_tf.train import build_model, trained_variables
-from gpt2_tf.train_state import RunCheckpoints, load_train_state, restore_optimizer
+from gpt2_tf.train_step import build_model, trained_variables
+from gpt2_tf.run_checkpoints import RunCheckpoints, load_train_state, restore_optimizer
 
 
 def memory():

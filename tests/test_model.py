@@ -10,7 +10,7 @@ from numpy_gpt2 import forward, next_token_loss
 from gpt2_tf.checkpoint import load_model
 from gpt2_tf.hparams import RELEASED, HParams, load_hparams, model_dir, released
 from gpt2_tf.model import GPT2, Attention, Conv1D, Norm, attention_mask
-from gpt2_tf.train import loss_sum
+from gpt2_tf.score import loss_sum
 
 
 @pytest.fixture(scope="module")

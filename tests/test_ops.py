@@ -12,7 +12,7 @@ import tensorflow as tf
 from gpt2_tf import ops
 from gpt2_tf.hparams import HParams
 from gpt2_tf.model import GPT2, attention_mask, gelu, plain_formulas
-from gpt2_tf.train import loss_sum
+from gpt2_tf.score import loss_sum
 
 # T = 256 with no past takes the attention in halves; n_head 4 of depth 8.
 HP = HParams(n_vocab=300, n_ctx=320, n_embd=32, n_head=4, n_layer=2)
@@ -88,11 +88,10 @@ def test_decoding_cache_with_kernels_equals_plain_formulas(policy, atol):
 
     def decode():
         cache = [(tf.zeros([2 * HP.n_head, 16, depth], model.compute_dtype),) * 2 for _ in range(HP.n_layer)]
-        out = model(tokens[:, :5], past=cache, past_length=tf.constant(0))
+        out = model.call_with_cache(tokens[:, :5], cache, tf.constant(0))
         logits = [out["logits"]]
         for position in (5, 6):
-            out = model(tokens[:, position:position + 1], past=out["present"],
-                        past_length=tf.constant(position))
+            out = model.call_with_cache(tokens[:, position:position + 1], out["cache"], tf.constant(position))
             logits.append(out["logits"])
         return tf.concat(logits, axis=1)
 

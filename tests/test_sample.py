@@ -15,16 +15,12 @@ from numpy_gpt2 import forward
 import sample as sample_script
 from gpt2_tf import get_encoder
 from gpt2_tf.checkpoint import load_model
-from gpt2_tf.generate import generate_texts, run
-from gpt2_tf.sample import (
-    Generator,
-    argmax,
-    choose,
-    sample_sequence,
-    top_k_logits,
-    top_p_logits,
-    uniform_noise,
-)
+from gpt2_tf.cli.sample import run
+from gpt2_tf.generate import generate_texts
+from gpt2_tf.model import plain_formulas
+from gpt2_tf.ops import argmax
+from gpt2_tf.sample import Generator, choose, sample_sequence, top_k_logits, top_p_logits
+from gpt2_tf.streams import uniform_noise
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,6 +65,19 @@ def test_top_p_keeps_the_smallest_set_reaching_p(p, n):
     keep = np.array(kept(top_p_logits(logits, p))[0])
     assert keep.sum() == n
     assert set(np.argsort(-probs)[:n]) == set(np.flatnonzero(keep))
+
+
+def test_top_p_formula_and_kernel_keep_the_same_tokens_ties_included():
+    """The original's sort and cumulative sum (within plain_formulas) and ops.py's bisection, under XLA
+    and as a graph, on random logits with many tied values."""
+    rng = np.random.default_rng(4)
+    logits = np.round(rng.normal(0, 2, (6, 500)), 1).astype(np.float32)  # rounded: ties everywhere
+    logits[5] = 0.0  # a row of one value
+    for p in (0.05, 0.3, 0.5, 0.9, 0.999):
+        with plain_formulas():
+            plain = kept(tf.function(top_p_logits)(tf.constant(logits), p))
+        for jit in (False, True):
+            assert kept(tf.function(top_p_logits, jit_compile=jit)(tf.constant(logits), p)) == plain, (p, jit)
 
 
 def test_top_p_rows_are_independent_and_ties_kept():

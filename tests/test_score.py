@@ -15,9 +15,9 @@ from numpy_gpt2 import forward
 
 import train as train_script
 from gpt2_tf.checkpoint import load_model
+from gpt2_tf.cli.train_loop import run
 from gpt2_tf.encoder import get_encoder
-from gpt2_tf.score import Document, blocks, hf_blocks, score_documents, totals
-from gpt2_tf.train import run
+from gpt2_tf.score import Document, hf_windows, score_documents, totals, windows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EOT = 50256
@@ -98,14 +98,14 @@ def test_scores_agree_with_an_independent_numpy_scorer(loaded, context, stride, 
 
 def test_windows_score_every_target_once_with_the_context_promised():
     for n, context, stride in [(1, 4, 2), (5, 4, 2), (100, 16, 5), (100, 16, 16), (33, 8, 1)]:
-        found = blocks(n, context, stride)
+        found = windows(n, context, stride)
         targets = [j for b in found for j in range(b.first, b.last + 1)]
         assert targets == list(range(1, n + 1))
         for b in found:
             assert b.last - b.start <= context and b.start == max(0, b.last - context)
         for b in found[1:]:  # after the first block, at least C - S tokens before each target
             assert b.first - 1 - b.start >= context - stride
-    assert [(b.start, b.first, b.last, b.weight) for b in hf_blocks(10, 4, 4)] == \
+    assert [(b.start, b.first, b.last, b.weight) for b in hf_windows(10, 4, 4)] == \
         [(0, 1, 3, 3), (4, 5, 7, 3), (8, 9, 9, 1)]
 
 

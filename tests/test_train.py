@@ -19,22 +19,16 @@ from numpy_gpt2 import forward
 from tf1_model import TINY_HPARAMS
 
 import train as train_script
-from gpt2_tf import checkpoint
+from gpt2_tf import checkpoint, checkpoint_files
+from gpt2_tf.cli.train_checks import parse_memlimit
+from gpt2_tf.cli.train_loop import run
 from gpt2_tf.hparams import HParams
 from gpt2_tf.ops import cross_entropy as fused_cross_entropy
 from gpt2_tf.optim import FactoredAdafactor, make_optimizer, optimizer_state
+from gpt2_tf.run_checkpoints import RunCheckpoints, load_train_state, read_counter, restore_optimizer
+from gpt2_tf.score import loss_sum
 from gpt2_tf.token_files import save_tokens
-from gpt2_tf.train import (
-    Evaluator,
-    TrainStep,
-    build_model,
-    loss_sum,
-    randomize,
-    run,
-    trained_variables,
-)
-from gpt2_tf.train_checks import parse_memlimit
-from gpt2_tf.train_state import RunCheckpoints, load_train_state, read_counter, restore_optimizer
+from gpt2_tf.train_step import Evaluator, TrainStep, build_model, randomize, trained_variables
 
 STEP_LINE = re.compile(r"^\[(\d+) \| \d+\.\d\d\] loss=(\d+\.\d\d) avg=(\d+\.\d\d)$")
 VAL_LINE = re.compile(r"^\[(\d+) \| \d+\.\d\d\] validation loss = \d+\.\d\d$")
@@ -168,7 +162,7 @@ def test_console_lines_and_run_layout(tmp_path, tiny_model, data, capsys):
 
     assert read_counter(run_dir) == 6
     assert (run_dir / "counter").read_text() == "6\n"
-    assert checkpoint.read_state_file(run_dir) == ["model-3", "model-6"]
+    assert checkpoint_files.read_state_file(run_dir) == ["model-3", "model-6"]
     for name_ in ("hparams.json", "encoder.json", "vocab.bpe", "model-6.index",
                   "model-6.data-00000-of-00001", "model-6.train/state.json"):
         assert (run_dir / name_).exists(), name_
@@ -201,7 +195,7 @@ def test_model_n_holds_n_updates_and_fresh_restarts_the_count(tmp_path, tiny_mod
     assert checkpoint.latest(str(run_dir)).endswith("model-1")
     # The earlier count's model-2 is no longer listed (it would look newer than the new count's
     # checkpoints to a pruning or a reader of the list), and stays on disk until replaced.
-    assert checkpoint.read_state_file(str(run_dir)) == ["model-1"]
+    assert checkpoint_files.read_state_file(str(run_dir)) == ["model-1"]
     assert (run_dir / "model-2.index").exists()
 
 
@@ -251,7 +245,7 @@ def test_token_file_formats_train_the_same(tmp_path, tiny_model, capsys):
 
 
 def test_a_token_file_changed_during_a_run_stops_it_after_saving(tmp_path, tiny_model, capsys, monkeypatch):
-    from gpt2_tf import train as train_module
+    from gpt2_tf.cli import train_loop as train_module
 
     path = tmp_path / "train.bin"
     np.random.RandomState(6).randint(0, 50257, 3000).astype(np.uint16).tofile(path)
@@ -519,7 +513,7 @@ def test_save_is_atomic_when_any_file_operation_fails(tmp_path, tiny_model, data
         assert read_counter(str(folder)) in (2, 3)
         if not failed:
             assert step == 3 and read_counter(str(folder)) == 3
-            assert checkpoint.read_state_file(str(folder)) == ["model-2", "model-3"]
+            assert checkpoint_files.read_state_file(str(folder)) == ["model-2", "model-3"]
             assert not (folder / "model-1.index").exists() and not (folder / "model-1.train").exists()
             break
         RunCheckpoints(str(folder), max_to_keep=2).save(3, model, opt, {"seed": 1})  # recovers
@@ -536,7 +530,7 @@ def test_old_checkpoints_are_pruned_but_one_every_n_hours_is_kept(tmp_path, tiny
     keeper.next_keep_time = time.time() - 1  # the first checkpoint to drop out is due to be kept
     for step in (1, 2, 3, 4):
         keeper.save(step, model, opt, {})
-    assert checkpoint.read_state_file(str(tmp_path)) == ["model-3", "model-4"]
+    assert checkpoint_files.read_state_file(str(tmp_path)) == ["model-3", "model-4"]
     assert (tmp_path / "model-1.index").exists() and (tmp_path / "model-1.train").exists()
     assert not (tmp_path / "model-2.index").exists() and not (tmp_path / "model-2.train").exists()
 
@@ -747,8 +741,8 @@ def test_several_replicas_skip_nonfinite_steps_and_stop_after_too_many(tmp_path,
 
 def test_memory_warning_gives_the_numbers():
     """A run that cannot fit is told at start-up, with what it holds; one that fits is not warned."""
+    from gpt2_tf.cli.train_checks import memory_warning
     from gpt2_tf.hparams import released
-    from gpt2_tf.train_checks import memory_warning
 
     args = train_script.parse_args(["--dataset", "x", "--model_name", "1558M"])
     gib = 1 << 30

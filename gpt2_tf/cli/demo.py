@@ -1,6 +1,6 @@
 """The offline demo: the whole pipeline on a corpus every Python installation has, in a few minutes.
 
-    make demo            (or: python -m gpt2_tf.demo)
+    make demo            (or: python -m gpt2_tf.cli.demo)
 
 It learns a small vocabulary from the Python standard library's own source files, encodes them,
 trains a small GPT-2 from scratch with a held-out validation set, and samples from it. Every step is
@@ -17,7 +17,7 @@ import sys
 import sysconfig
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SIZES = {
     # vocabulary, layers, width, heads, context, batch, steps, learning rate

@@ -22,6 +22,8 @@ import struct
 
 import numpy as np
 
+from gpt2_tf.files import atomic_write
+
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be found, is damaged, or does not fit the model."""
@@ -189,6 +191,31 @@ def read_state_file(folder):
     if newest is not None:
         names = [n for n in names if n != newest] + [newest]
     return names
+
+
+def update_state_file(folder, name, max_to_keep=None, earlier=True):
+    """Make `name` the newest entry of `folder/checkpoint`, atomically; returns the names dropped.
+    Without `earlier`, it becomes the only entry (the others are dropped from the list, not returned)."""
+    names = [n for n in read_state_file(folder) if n != name and earlier] + [name]
+    dropped = []
+    if max_to_keep is not None and len(names) > max_to_keep:
+        dropped, names = names[:-max_to_keep], names[-max_to_keep:]
+    write_state_file(folder, names)
+    return [n for n in dropped if os.path.basename(n) == n]
+
+
+def write_state_file(folder, names):
+    """Write `folder/checkpoint` listing `names` (oldest first; the last is the newest), atomically, in
+    TensorFlow's text format; with no names, the file is removed."""
+    path = os.path.join(folder, "checkpoint")
+    if not names:
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    text = f'model_checkpoint_path: "{names[-1]}"\n'
+    text += "".join(f'all_model_checkpoint_paths: "{n}"\n' for n in names)
+    with atomic_write(path, encoding="utf-8") as f:
+        f.write(text)
 
 
 def latest_prefix(path):

@@ -31,8 +31,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from gpt2_tf import checkpoint
-from gpt2_tf.bundle import TRAIN_SUFFIX, read_train_state
+from gpt2_tf import checkpoint, checkpoint_files
+from gpt2_tf.checkpoint_files import TRAIN_SUFFIX, read_train_state
 from gpt2_tf.files import atomic_write
 from gpt2_tf.optim import describe_state, load_optimizer_state, optimizer_state, state_mismatch
 
@@ -77,9 +77,9 @@ def copy_file(source, target):
 
 def forget_checkpoint(folder, name):
     """Remove `name` from the folder's `checkpoint` state file (atomically), keeping the others."""
-    names = checkpoint.read_state_file(folder)
+    names = checkpoint_files.read_state_file(folder)
     if name in names:
-        checkpoint.write_state_file(folder, [n for n in names if n != name])
+        checkpoint_files.write_state_file(folder, [n for n in names if n != name])
 
 
 def delete_checkpoint(folder, name):
@@ -184,7 +184,7 @@ class RunCheckpoints:
             checkpoint.save_tensors(weights, prefix, state_file=False)
             for target, source in self.aux_files.items():
                 copy_file(source, os.path.join(self.folder, target))
-            dropped = checkpoint.update_state_file(self.folder, name, self.max_to_keep,
+            dropped = checkpoint_files.update_state_file(self.folder, name, self.max_to_keep,
                                                    earlier=not self.new_count)
         except BaseException:
             delete_checkpoint(self.folder, name)  # not listed: the newest listed checkpoint stays the newest

@@ -9,9 +9,10 @@ import json
 import sys
 
 from gpt2_tf.cli import UsageError, check_fits
+from gpt2_tf.cli.model_flags import check_model_flags
 from gpt2_tf.dataset import DatasetError, read_text
 from gpt2_tf.encoder import Encoder
-from gpt2_tf.model_flags import ModelFiles, check_model_flags
+from gpt2_tf.model_files import ModelFiles
 
 
 @dataclasses.dataclass

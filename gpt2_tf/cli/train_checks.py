@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from gpt2_tf.bundle import check_intact, latest_prefix, read_train_state
+from gpt2_tf.checkpoint_files import check_intact, latest_prefix, read_train_state
 from gpt2_tf.cli import (
     UsageError,
     check_encoding,
@@ -63,19 +63,7 @@ def check_args(args):
     schedule (RUN_SETTINGS, from its newest checkpoint). Fills in the default of --sample_length
     (n_ctx - 1).
     """
-    parse_memlimit(args.twremat_memlimit)
-    if args.val_full and not args.val_every:
-        raise UsageError("--val_full needs --val_every (how often to validate)")
-    check_encoding(args.encoding)
-    for flag in ("checkpoint_dir", "sample_dir"):
-        check_folder_or_new(getattr(args, flag), f"--{flag}")
-    for flag in ("dataset", "val_dataset"):
-        path = getattr(args, flag)
-        if path is not None:
-            try:
-                list_files(path, args.encoding)
-            except DatasetError as e:
-                raise UsageError(f"--{flag} {path}: {e}") from None
+    check_flags_and_paths(args)
     run_dir = os.path.join(args.checkpoint_dir, args.run_name)
     resuming = args.restore_from == "latest" and os.path.exists(os.path.join(run_dir, "checkpoint"))
     from_base = args.restore_from == "fresh" or (args.restore_from == "latest" and not resuming)
@@ -93,6 +81,38 @@ def check_args(args):
         keep_run_settings(args, saved)
     if start is not None:
         check_intact(start)
+    check_schedule_and_sizes(args, hparams)
+    lock = None
+    if writes_the_run(args):
+        try:
+            lock = FolderLock(run_dir).acquire()
+        except Held as e:
+            raise UsageError(f"run {args.run_name} ({run_dir}) is being trained by "
+                             + (f"process {e.pid}" if e.pid else "another process")
+                             + "; wait for it to end, or give another --run_name") from None
+    return Checked(hparams=hparams, base_dir=base, start=start, lock=lock)
+
+
+def check_flags_and_paths(args):
+    """The flags that go together, the encoding, the output folders (writable) and the datasets."""
+    parse_memlimit(args.twremat_memlimit)
+    if args.val_full and not args.val_every:
+        raise UsageError("--val_full needs --val_every (how often to validate)")
+    check_encoding(args.encoding)
+    for flag in ("checkpoint_dir", "sample_dir"):
+        check_folder_or_new(getattr(args, flag), f"--{flag}")
+    for flag in ("dataset", "val_dataset"):
+        path = getattr(args, flag)
+        if path is not None:
+            try:
+                list_files(path, args.encoding)
+            except DatasetError as e:
+                raise UsageError(f"--{flag} {path}: {e}") from None
+
+
+def check_schedule_and_sizes(args, hparams):
+    """The learning-rate schedule, the windows held in memory, and --sample_length (its default,
+    n_ctx - 1, filled in), once the model's shape is known."""
     if args.min_lr is not None and (args.lr_decay_steps or args.steps) is None:
         raise UsageError("--min_lr needs --steps or --lr_decay_steps (where the decay ends)")
     if args.min_lr is not None and args.min_lr > args.learning_rate:
@@ -110,15 +130,6 @@ def check_args(args):
     if args.sample_every and args.sample_length > hparams.n_ctx - 1:
         raise UsageError(f"Can't get samples longer than window size: {hparams.n_ctx} (--sample_length "
                          f"{args.sample_length} plus the one context token must fit in n_ctx)")
-    lock = None
-    if writes_the_run(args):
-        try:
-            lock = FolderLock(run_dir).acquire()
-        except Held as e:
-            raise UsageError(f"run {args.run_name} ({run_dir}) is being trained by "
-                             + (f"process {e.pid}" if e.pid else "another process")
-                             + "; wait for it to end, or give another --run_name") from None
-    return Checked(hparams=hparams, base_dir=base, start=start, lock=lock)
 
 
 def start_checkpoint(args, run_dir, base_dir, resuming):

@@ -1,12 +1,12 @@
-"""The flags that choose a model, shared by sample.py, score.py and lens.py: a released model
-(--model_name, --models_dir) or the newest checkpoint of a training run (--run_name, --checkpoint_dir),
-and where its files are, found before TensorFlow loads. This module does not import TensorFlow."""
+"""Where a model's files are, found before TensorFlow loads: a released model (`models/124M`) or the
+newest checkpoint of a training run (`checkpoint/run1`), with its hparams and tokenizer; and `load`,
+which builds the model from them. Only `load` imports TensorFlow (when it is called).
+"""
 
 import dataclasses
 import os
 
-from gpt2_tf.bundle import CheckpointError, check_intact, latest_prefix
-from gpt2_tf.cli import UsageError
+from gpt2_tf.checkpoint_files import CheckpointError, check_intact, latest_prefix
 from gpt2_tf.encoder import get_encoder
 from gpt2_tf.hparams import HParams, load_hparams, missing_model, model_dir
 
@@ -28,23 +28,6 @@ class ModelFiles:
     def encoder(self):
         """The model's tokenizer (an encoder.Encoder)."""
         return get_encoder(os.path.basename(self.tokenizer), os.path.dirname(self.tokenizer) or ".")
-
-
-def add_model_flags(parser, run_help):
-    """--model_name, --models_dir, --run_name, --checkpoint_dir: a released model, or a training run."""
-    parser.add_argument("--model_name", default="124M", help="model folder inside models_dir")
-    parser.add_argument("--models_dir", default="models", help="folder of downloaded models")
-    parser.add_argument("--run_name", default=None, help=run_help)
-    parser.add_argument("--checkpoint_dir", default="checkpoint", help="folder of training runs")
-
-
-def check_model_flags(args):
-    """The ModelFiles that the model flags name. Raises UsageError when the model or the run is not
-    there, and CheckpointError when its newest checkpoint is damaged."""
-    try:
-        return find_model(args.model_name, args.models_dir, args.run_name, args.checkpoint_dir)
-    except ModelMissing as e:
-        raise UsageError(str(e)) from None
 
 
 def find_model(model_name="124M", models_dir="models", run_name=None, checkpoint_dir="checkpoint"):
@@ -99,3 +82,15 @@ def existing_runs(checkpoint_dir):
     runs = sorted(name for name in os.listdir(folder)
                   if os.path.exists(os.path.join(folder, name, "checkpoint")))
     return f"it has {', '.join(runs)}" if runs else "it holds no runs"
+
+
+def load(files, dtype=None):
+    """(model, hparams, encoder) of ModelFiles `files`; `dtype` as GPT2's (e.g. "bfloat16"). Weights that
+    are not all finite are a CheckpointError."""
+    from gpt2_tf.checkpoint import load_model, nonfinite
+
+    model, hparams = load_model(files.weights, hparams=files.hparams, **({"dtype": dtype} if dtype else {}))
+    damaged = nonfinite(model)
+    if damaged:
+        raise CheckpointError(f"{files.weights} is damaged: {damaged}; use an earlier checkpoint")
+    return model, hparams, files.encoder()

@@ -1,4 +1,4 @@
-"""Fine-tuning GPT-2: the nshepperd trainer on TensorFlow 2, step by step.
+"""train.py's work once its flags are checked: the nshepperd trainer on TensorFlow 2, step by step.
 
 `run(args)` does what the original train.py did, in the same order and with the same console lines:
 
@@ -36,9 +36,10 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 from tqdm import tqdm
 
-from gpt2_tf import checkpoint
-from gpt2_tf.bundle import CheckpointMismatch
+from gpt2_tf import checkpoint, checkpoint_files
+from gpt2_tf.checkpoint_files import CheckpointMismatch
 from gpt2_tf.cli import Interrupted, UsageError, describe
+from gpt2_tf.cli.train_checks import TrainingError, check_args, memory_warning, run_settings
 from gpt2_tf.dataset import DatasetError, Sampler, default_jobs, list_files, load_dataset
 from gpt2_tf.devices import (
     default_compile,
@@ -54,10 +55,7 @@ from gpt2_tf.files import WriteError, atomic_write
 from gpt2_tf.hparams import HParams, save_hparams
 from gpt2_tf.model import GPT2
 from gpt2_tf.optim import DISPLAY_NAMES, learning_rate_schedule, make_optimizer
-from gpt2_tf.sample import Generator, sample_sequence
-from gpt2_tf.score import load_documents, next_token_scores, score_documents, totals
-from gpt2_tf.train_checks import TrainingError, check_args, memory_warning, run_settings
-from gpt2_tf.train_state import (
+from gpt2_tf.run_checkpoints import (
     RunCheckpoints,
     load_train_state,
     read_counter,
@@ -65,9 +63,9 @@ from gpt2_tf.train_state import (
     rng_state_from_json,
     rng_state_to_json,
 )
-
-POLICIES = {None: "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
-
+from gpt2_tf.sample import Generator, sample_sequence
+from gpt2_tf.score import load_documents, score_documents, totals
+from gpt2_tf.train_step import Evaluator, TrainStep, build_model, randomize, trained_variables
 
 CURES = "Lower --learning_rate, set --grad_clip, or check the data"  # for a loss that is not finite
 
@@ -80,318 +78,6 @@ def say(*values):
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-
-
-# ---------------------------------------------------------------------------------------------------
-# Set-up: checks, model, optimizer, devices.
-
-
-def build_model(hparams, mixed_precision=None, memory_saving=False, residual_scaling=False):
-    """A GPT2 with float32 weights; with mixed_precision 'bf16' or 'fp16' it computes in that type.
-
-    With memory_saving, each block's activations are recomputed in the backward pass
-    (`recompute_blocks`). The weights are freshly initialised as GPT-2 was (residual_scaling: the
-    residual projections scaled by 1/sqrt(2 n_layer), for training from scratch); load trained
-    weights with checkpoint.restore.
-    """
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(POLICIES[mixed_precision])
-    try:
-        model = GPT2(hparams, residual_scaling=residual_scaling)
-    finally:
-        keras.config.set_dtype_policy(previous)
-    if memory_saving:
-        recompute_blocks(model)
-    return model
-
-
-def recompute_blocks(model):
-    """Keep only each block's input for the backward pass and recompute the rest (tf.recompute_grad).
-
-    This is what the original's memory_saving_gradients (checkpoints at block boundaries) and twremat
-    did: the activations inside a block are computed a second time during backpropagation instead of
-    being stored. Results are unchanged. Calls with a `past` cache (sampling) are not affected.
-    """
-    for block in model.blocks:
-        block.call = _recomputed(block.call)
-
-
-def _recomputed(call):
-    recomputed = tf.recompute_grad(lambda x: call(x))
-
-    def block_call(x, past=None, past_length=None):
-        if past is None and past_length is None:
-            return recomputed(x)
-        return call(x, past=past, past_length=past_length)
-
-    return block_call
-
-
-def trained_variables(model, only_transformer_layers=False):
-    """{TF1 name: variable} of the variables to train: all, or only the blocks' (names with '/h')."""
-    names = model.variables_by_name()
-    if only_transformer_layers:
-        names = {name: v for name, v in names.items() if "/h" in name}
-    return names
-
-
-# ---------------------------------------------------------------------------------------------------
-# The loss and the compiled training step.
-
-
-def window_scores(model, inputs, labels):
-    """score.next_token_scores of predicting labels[:, 1:] from inputs[:, :-1]: each [b, T - 1].
-
-    inputs, labels: [b, T] int32 (inputs are the possibly noised labels). The logits of all T
-    positions are used as they come, the last one with a placeholder target whose scores are dropped:
-    slicing the [b, T, V] logits would copy them, and their gradient too.
-    """
-    targets = tf.concat([labels[:, 1:], labels[:, :1]], axis=1)
-    return {name: value[:, :-1] for name, value in next_token_scores(model, inputs, targets).items()}
-
-
-def loss_sum(model, inputs, labels):
-    """Sum of the cross-entropies of predicting labels[:, 1:] from inputs[:, :-1] ([b, T] int32): a
-    float32 scalar; divided by b * (T - 1) it is the original's loss (a mean over every position of
-    every row)."""
-    return tf.reduce_sum(window_scores(model, inputs, labels)["loss"])
-
-
-def randomize(context, p, n_vocab, rng):
-    """The original's input noise: each token is replaced with probability p by a uniform random id.
-
-    context: int array of any shape; rng: numpy RandomState. Returns an int32 array of the same shape.
-    """
-    if p <= 0:
-        return context
-    mask = rng.random_sample(context.shape) < p
-    noise = rng.randint(0, n_vocab, size=context.shape)
-    return np.where(mask, noise, context).astype(np.int32)
-
-
-class TrainStep:
-    """One optimizer update as one compiled function, on every replica of a tf.distribute strategy.
-
-    `step(inputs, labels)` takes [A, B, T] int32 arrays (A micro-batches of the global batch B) and
-    returns (loss, finite): the loss is the mean cross-entropy over the A * B * (T - 1) predictions,
-    and whether it and every gradient are finite on every replica. When they are not, the update is
-    skipped everywhere: the weights and the optimizer's state and step stay as they were (with loss
-    scaling, the scale is halved). The gradient is the mean over the same predictions, so A
-    micro-batches of B rows give the update of one batch of A * B rows. Each replica takes its share
-    of the B rows; the gradients are summed across replicas, and `grad_clip` clips the global norm of
-    that sum (the gradient of the whole update), as on one device.
-
-    In mixed precision the forward and backward passes read `copies`: the trained weights in the
-    compute dtype, made at the first step and rewritten by every update. Otherwise each weight would
-    be converted at each use and its gradient converted back (on CPU, 1-3% of a bfloat16 update of the
-    124M model). The values are those of the conversions. Weights assigned from outside after the
-    first step are not seen by it: make a new TrainStep then.
-    """
-
-    def __init__(self, model, optimizer, variables, strategy, batch_size, accumulate, n_ctx,
-                 jit_compile=False, loss_scaling=False, xla_update=True, grad_clip=None):
-        self.model = model
-        self.optimizer = optimizer
-        self.variables = list(variables)
-        self.strategy = strategy
-        self.replicas = strategy.num_replicas_in_sync
-        self.per_replica = batch_size // self.replicas
-        self.accumulate = accumulate
-        self.predictions = accumulate * batch_size * (n_ctx - 1)
-        self.loss_scaling = loss_scaling
-        self.grad_clip = grad_clip
-        self._gradients = tf.function(self._micro_batch, jit_compile=jit_compile)
-        # With xla_update, without a distribution strategy, the update is compiled with XLA whatever
-        # the mode: Keras' optimizers update each variable in several elementwise passes, which XLA
-        # fuses into one (on CPU, Adam on 124M takes 0.1 s instead of 0.45 s). But one fused update
-        # waits for every gradient, so all of them exist at once; as a graph, each variable is updated
-        # as soon as its gradient is ready and the gradient is freed, which lowers the peak (by the
-        # size of the weights at most) when memory matters more. Under a strategy (one replica
-        # included), Keras all-reduces the gradients inside apply_gradients, which XLA cannot compile
-        # on its own.
-        self._apply = self._apply_gradients
-        if strategy is tf.distribute.get_strategy() and xla_update:
-            self._apply = tf.function(self._apply_gradients, jit_compile=True)
-        self._step = tf.function(self._distributed_step)
-        self.copies = None
-
-    def _make_copies(self):
-        """The weights in the compute dtype, when it differs from theirs (mixed precision), else []."""
-        dtype = self.model.compute_dtype
-        if dtype == self.model.variable_dtype:
-            return []
-        with self.strategy.scope():
-            # Trainable, so that the recomputed blocks of memory saving differentiate them; the same
-            # on every replica, so that the first replica's value is the one kept.
-            return [tf.Variable(tf.cast(v, dtype), trainable=True, name=f"{v.name}_{dtype}",
-                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-                    for v in self.variables]
-
-    def _reading_copies(self):
-        """A Keras StatelessScope in which each trained weight reads as its copy (none without copies).
-
-        The copies are put in the scope's mapping as they are: its constructor would convert them
-        to the weights' dtype, and the layers would then convert them back.
-        """
-        if not self.copies:
-            return contextlib.nullcontext()
-        scope = keras.StatelessScope()
-        for variable, copy in zip(self.variables, self.copies):
-            scope.state_mapping[id(variable)] = copy
-        return scope
-
-    def _micro_batch(self, inputs, labels):
-        """(loss sum, gradients of loss sum / predictions) for one micro-batch [b, T] of one replica.
-
-        The gradients are those of the copies in mixed precision (in the compute dtype).
-        """
-        # The gradient is taken inside the scope: memory saving recomputes the blocks there.
-        with self._reading_copies(), tf.GradientTape() as tape:
-            total = loss_sum(self.model, inputs, labels)
-            scaled = total / self.predictions
-            if self.loss_scaling:
-                scaled = self.optimizer.scale_loss(scaled)
-            grads = tape.gradient(scaled, self.copies or self.variables)
-        # Embedding gradients come as IndexedSlices; dense ones can be summed and all-reduced.
-        return total, [tf.convert_to_tensor(g) for g in grads]
-
-    def _in_variable_dtype(self, grads):
-        """The gradients in their weights' dtype: float32 in mixed precision."""
-        return [tf.cast(g, v.dtype) for g, v in zip(grads, self.variables)]
-
-    def _replica_step(self, inputs, labels):
-        """(loss sum, whether the loss and every gradient are finite on every replica), after the
-        update, which is applied only when they are."""
-        total, grads = self._gradients(inputs[0], labels[0])
-        if self.accumulate > 1:  # the gradients are summed in float32
-            def add_micro_batch(i, total, grads):
-                more, more_grads = self._gradients(inputs[i], labels[i])
-                more_grads = self._in_variable_dtype(more_grads)
-                return i + 1, total + more, [g + h for g, h in zip(grads, more_grads)]
-
-            _, total, grads = tf.while_loop(lambda i, *_: i < self.accumulate, add_micro_batch,
-                                            (tf.constant(1), total, self._in_variable_dtype(grads)))
-        grads = self._in_variable_dtype(grads)
-        replica = tf.distribute.get_replica_context()
-        # Decided on every replica's loss and gradients together (scaled ones, with loss scaling),
-        # so that all of them skip or none does.
-        finite = tf.reduce_all([tf.math.is_finite(total)]
-                               + [tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-        finite = replica.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32)) == 0
-        if self.grad_clip:
-            grads = self._clipped(grads, replica)
-        if self.loss_scaling:
-            # Keras' LossScaleOptimizer skips the update (and halves its scale) by the gradients it
-            # is given, on each replica its own: a NaN put into one makes every replica see what any
-            # replica saw.
-            smallest = min(range(len(grads)), key=lambda i: grads[i].shape.num_elements())
-            grads[smallest] += tf.where(finite, 0.0, float("nan"))
-            self._apply(grads)
-        else:
-            self._apply_if(finite, grads)
-        return total, finite
-
-    def _clipped(self, grads, replica):
-        """This replica's gradients scaled so that their sum over the replicas has a global norm of at
-        most grad_clip (on one device, tf.clip_by_global_norm's values). The norm is that of the sum,
-        so across replicas the gradients are all-reduced once more for it."""
-        summed = grads if self.replicas == 1 else replica.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        norm = tf.linalg.global_norm(summed)
-        if self.loss_scaling:
-            norm = norm / tf.cast(self.optimizer.dynamic_scale, norm.dtype)
-        scale = self.grad_clip * tf.minimum(1.0 / norm, 1.0 / self.grad_clip)
-        return [g * scale for g in grads]
-
-    def _apply_if(self, finite, grads):
-        """Apply the gradients when `finite` (the same on every replica), else leave everything as it is.
-
-        Where the strategy synchronises replicas by merge_call (MirroredStrategy outside XLA, on one
-        device too), no condition may hold a synchronisation in a replica's context: the condition is
-        then taken in the cross-replica context, and each replica applies its gradients inside it, as
-        Keras' LossScaleOptimizer does.
-        """
-        if tf.__internal__.distribute.strategy_supports_no_merge_call():
-            tf.cond(finite, lambda: self._apply(grads), lambda: None)
-            return
-
-        def cross_replica(strategy, finite, grads):
-            tf.cond(strategy.experimental_local_results(finite)[0],
-                    lambda: strategy.extended.call_for_each_replica(self._apply, args=(grads,)), lambda: None)
-
-        tf.distribute.get_replica_context().merge_call(cross_replica, args=(finite, grads))
-
-    def _apply_gradients(self, grads):
-        self.optimizer.apply_gradients(zip(grads, self.variables))
-        for variable, copy in zip(self.variables, self.copies):
-            copy.assign(tf.cast(variable, copy.dtype))
-
-    def _distributed_step(self, inputs, labels):
-        totals, finite = self.strategy.run(self._replica_step, args=(inputs, labels))
-        finite = self.strategy.experimental_local_results(finite)[0]  # the same on every replica
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None), finite
-
-    def distribute(self, array, axis):
-        """Give each replica its slice of `array` along `axis` (the batch axis)."""
-        n = self.per_replica
-
-        def share(context):
-            index = [slice(None)] * array.ndim
-            start = context.replica_id_in_sync_group * n
-            index[axis] = slice(start, start + n)
-            return tf.constant(array[tuple(index)])
-
-        return self.strategy.experimental_distribute_values_from_function(share)
-
-    def __call__(self, inputs, labels):
-        if self.copies is None:
-            self.copies = self._make_copies()
-        total, finite = self._step(self.distribute(inputs, 1), self.distribute(labels, 1))
-        return float(total) / self.predictions, bool(finite)
-
-
-class Evaluator:
-    """Sampled validation: `evaluator(tokens [V, T])` -> (mean cross-entropy, accuracy) over the
-    V * (T - 1) predictions (score.next_token_scores' definitions).
-
-    Runs on every replica of the strategy; when V does not divide among them, the batch is padded
-    with rows that count for nothing.
-    """
-
-    def __init__(self, model, strategy, jit_compile=False):
-        self.model = model
-        self.strategy = strategy
-        self.replicas = strategy.num_replicas_in_sync
-        self._sums = tf.function(self._replica_sums, jit_compile=jit_compile)
-        self._step = tf.function(self._distributed_sums)
-
-    def _replica_sums(self, tokens, weights):
-        scores = window_scores(self.model, tokens, tokens)
-        counted = weights[:, None]
-        return (tf.reduce_sum(scores["loss"] * counted),
-                tf.reduce_sum(tf.cast(scores["correct"], tf.float32) * counted))
-
-    def _distributed_sums(self, tokens, weights):
-        nll, correct = self.strategy.run(self._sums, args=(tokens, weights))
-        return tuple(self.strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None) for x in (nll, correct))
-
-    def __call__(self, tokens):
-        tokens = np.asarray(tokens, np.int32)
-        rows, length = tokens.shape
-        per_replica = -(-rows // self.replicas)
-        padded = np.zeros([per_replica * self.replicas, length], np.int32)
-        padded[:rows] = tokens
-        weights = np.zeros([len(padded)], np.float32)
-        weights[:rows] = 1
-
-        def share(array):
-            def value(context):
-                start = context.replica_id_in_sync_group * per_replica
-                return tf.constant(array[start:start + per_replica])
-            return self.strategy.experimental_distribute_values_from_function(value)
-
-        nll, correct = self._step(share(padded), share(weights))
-        predictions = rows * (length - 1)
-        return float(nll) / predictions, float(correct) / predictions
 
 
 def current_learning_rate(optimizer):
@@ -536,6 +222,7 @@ class Run:
     model: GPT2
     optimizer: keras.optimizers.Optimizer
     variables: dict  # {TF1 name: variable} of the trained variables
+    train_step: TrainStep
     progress: Progress
     chief: bool  # whether this process writes (see is_chief)
     run_dir: str  # checkpoint/<run>
@@ -563,39 +250,63 @@ def run(args, checked=None):
     """
     checked = checked or check_args(args)
     with checked.lock or contextlib.nullcontext():
-        return train(args, checked)
+        r = set_up(args, checked)
+        progress = r.progress
+
+        # The loop: one update per step until --steps more, a stop request, or too many bad updates.
+        say("Training...")
+        end = None if args.steps is None else progress.step + args.steps
+        skipped = 0  # steps in a row whose update was skipped
+        data_problem = None  # a token file that changed or holds bad ids, found before its window was used
+        with StopRequest() as stop:
+            if args.val_every > 0 and progress.step == 0:
+                validate(r)
+            while not stop.requested and (end is None or progress.step < end):
+                try:
+                    batch = next_batch(r)
+                except DatasetError as e:
+                    data_problem = e
+                    break
+                loss, finite = r.train_step(*batch)
+                if not finite:
+                    skipped += 1
+                    warn_nonfinite(r, loss, skipped)
+                    if skipped > args.max_nonfinite:
+                        break
+                    continue
+                skipped = 0
+                progress.update(loss)
+                step = progress.step
+                r.writer.scalar("loss", loss, step)
+                r.writer.scalar("learning_rate", current_learning_rate(r.optimizer), step)
+                if step % args.print_every == 0 or step == end:
+                    say(f"[{step} | {r.elapsed():2.2f}] loss={loss:2.2f} avg={progress.average():2.2f}")
+                if args.sample_every and step % args.sample_every == 0:
+                    generate_samples(r)
+                if args.val_every > 0 and step % args.val_every == 0:
+                    validate(r)
+                if args.save_every and step % args.save_every == 0:
+                    save(r)
+            if stop.requested:
+                say("interrupted")
+            # The end: the last steps are saved, whatever stopped the loop.
+            if progress.step != progress.last_saved:
+                save(r)
+        r.writer.flush()
+        say_how_it_ended(r, data_problem, skipped, stop)
+        return progress.step
 
 
-def train(args, checked):
-    """`run`, once the flags are checked and the run folder is held."""
-    # Set-up: the devices, what to start from, the data, the model and its optimizer.
+def set_up(args, checked):
+    """The Run, ready for its first step: the devices, the tokenizer, the data, the model from where
+    it starts, the optimizer and the compiled update."""
     hparams, base_dir, start = checked.hparams, checked.base_dir, checked.start
-    strategy = make_strategy(args.distribute)
-    check_replicas(args, strategy)
-    compile_mode = args.compile if args.compile != "auto" else default_compile()
-    print(f"Training on {summary(strategy, compile_mode)}", file=sys.stderr, flush=True)
-    warning = memory_warning(hparams, args, device_memory(), xla=compile_mode == "xla")
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
-    emulated = emulated_bfloat16() if args.mixed_precision == "bf16" else None
-    if emulated:
-        print(f"warning: {emulated} has no bfloat16 arithmetic (it is emulated, slower than float32); "
-              "--mixed_precision fp16 is its half precision", file=sys.stderr, flush=True)
-    if args.mixed_precision is None:
-        tf.config.experimental.enable_tensor_float_32_execution(False)  # fp32 means fp32, as NS-2021
+    strategy, compile_mode = choose_devices(args, hparams)
     enc = load_encoder(base_dir, hparams)
     run_dir = os.path.join(args.checkpoint_dir, args.run_name)
     memory_saving = args.memory_saving_gradients or args.twremat
     announce(args, hparams, start, memory_saving)
-
-    say("Loading dataset...")
-    chunks, total_tokens = load_chunks(enc, args.dataset, args, hparams.n_ctx)
-    val_chunks, val_documents = chunks, None
-    if args.val_every > 0 and args.val_full:
-        val_documents = load_validation_documents(enc, args, hparams.n_vocab)
-    elif args.val_every > 0 and args.val_dataset:
-        val_chunks, _ = load_chunks(enc, args.val_dataset, args, hparams.n_ctx, "validation dataset")
-    say(f"dataset has {total_tokens} tokens")
+    chunks, val_chunks, val_documents = load_data(args, enc, hparams)
 
     with strategy.scope():
         model = build_model(hparams, args.mixed_precision, memory_saving=memory_saving,
@@ -623,67 +334,29 @@ def train(args, checked):
                                  aux_files={name: os.path.join(base_dir, name)
                                             for name in ("hparams.json", "encoder.json", "vocab.bpe")},
                                  new_count=args.restore_from == "fresh")
-    writer = Events(run_dir if chief else None)
-    r = Run(args=args, hparams=hparams, enc=enc, model=model, optimizer=optimizer, variables=variables,
-            progress=progress, chief=chief, run_dir=run_dir, checkpoints=checkpoints, writer=writer,
-            evaluator=evaluator, val_batches=val_batches, val_documents=val_documents,
-            generator=Generator(model),
-            sample_dir=os.path.join(args.sample_dir, args.run_name))
+    return Run(args=args, hparams=hparams, enc=enc, model=model, optimizer=optimizer, variables=variables,
+               train_step=train_step, progress=progress, chief=chief, run_dir=run_dir,
+               checkpoints=checkpoints, writer=Events(run_dir if chief else None), evaluator=evaluator,
+               val_batches=val_batches, val_documents=val_documents, generator=Generator(model),
+               sample_dir=os.path.join(args.sample_dir, args.run_name))
 
-    # The loop: one update per step until --steps more, a stop request, or too many bad updates.
-    say("Training...")
-    end = None if args.steps is None else progress.step + args.steps
-    skipped = 0  # steps in a row whose update was skipped
-    data_problem = None  # a token file that changed or holds bad ids, found before its window was used
-    with StopRequest() as stop:
-        if args.val_every > 0 and progress.step == 0:
-            validate(r)
-        while not stop.requested and (end is None or progress.step < end):
-            try:
-                batch = next_batch(r)
-            except DatasetError as e:
-                data_problem = e
-                break
-            loss, finite = train_step(*batch)
-            if not finite:
-                skipped += 1
-                warn_nonfinite(r, loss, skipped)
-                if skipped > args.max_nonfinite:
-                    break
-                continue
-            skipped = 0
-            progress.update(loss)
-            step = progress.step
-            writer.scalar("loss", loss, step)
-            writer.scalar("learning_rate", current_learning_rate(optimizer), step)
-            if step % args.print_every == 0 or step == end:
-                say(f"[{step} | {r.elapsed():2.2f}] loss={loss:2.2f} avg={progress.average():2.2f}")
-            if args.sample_every and step % args.sample_every == 0:
-                generate_samples(r)
-            if args.val_every > 0 and step % args.val_every == 0:
-                validate(r)
-            if args.save_every and step % args.save_every == 0:
-                save(r)
-        if stop.requested:
-            say("interrupted")
-        # The end: the last steps are saved, whatever stopped the loop.
-        if progress.step != progress.last_saved:
-            save(r)
-    writer.flush()
-    if data_problem is not None:
-        raise TrainingError(f"{data_problem} (stopped at step {progress.step}, saved in {run_dir})")
-    if skipped > args.max_nonfinite:
-        raise TrainingError(f"the loss or the gradients were not finite at {skipped} steps in a row; "
-                            f"stopped with the weights of step {progress.step}, the last good ones (in "
-                            f"{run_dir}). " + CURES)
-    if stop.requested:
-        raise Interrupted(f"interrupted; saved {os.path.join(run_dir, f'model-{progress.step}')}",
-                          stop.signum)
-    unwritten = [what for what in (r.sample_failure, writer.failure) if what]
-    if unwritten:
-        raise TrainingError(f"trained to step {progress.step} and saved it in {run_dir}, but "
-                            + " and ".join(unwritten))
-    return progress.step
+
+def choose_devices(args, hparams):
+    """(strategy, compile mode) of the run, said on stderr with what the run will likely not fit."""
+    strategy = make_strategy(args.distribute)
+    check_replicas(args, strategy)
+    compile_mode = args.compile if args.compile != "auto" else default_compile()
+    print(f"Training on {summary(strategy, compile_mode)}", file=sys.stderr, flush=True)
+    warning = memory_warning(hparams, args, device_memory(), xla=compile_mode == "xla")
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    emulated = emulated_bfloat16() if args.mixed_precision == "bf16" else None
+    if emulated:
+        print(f"warning: {emulated} has no bfloat16 arithmetic (it is emulated, slower than float32); "
+              "--mixed_precision fp16 is its half precision", file=sys.stderr, flush=True)
+    if args.mixed_precision is None:
+        tf.config.experimental.enable_tensor_float_32_execution(False)  # fp32 means fp32, as NS-2021
+    return strategy, compile_mode
 
 
 def check_replicas(args, strategy):
@@ -718,6 +391,20 @@ def announce(args, hparams, start, memory_saving):
             f"({hparams.n_params():,} parameters)")
     else:
         say(f"Loading checkpoint {start}")
+
+
+def load_data(args, enc, hparams):
+    """(training chunks, validation chunks, validation documents or None): --dataset, and for
+    validation --val_dataset or the training data (with --val_full, whole documents to score)."""
+    say("Loading dataset...")
+    chunks, total_tokens = load_chunks(enc, args.dataset, args, hparams.n_ctx)
+    val_chunks, val_documents = chunks, None
+    if args.val_every > 0 and args.val_full:
+        val_documents = load_validation_documents(enc, args, hparams.n_vocab)
+    elif args.val_every > 0 and args.val_dataset:
+        val_chunks, _ = load_chunks(enc, args.val_dataset, args, hparams.n_ctx, "validation dataset")
+    say(f"dataset has {total_tokens} tokens")
+    return chunks, val_chunks, val_documents
 
 
 def build_optimizer(args, variables):
@@ -804,7 +491,7 @@ def save(r):
         try:
             r.checkpoints.save(step, r.model, r.optimizer, state)
         except (OSError, tf.errors.OpError) as e:
-            newest = checkpoint.read_state_file(r.run_dir)
+            newest = checkpoint_files.read_state_file(r.run_dir)
             kept = (f"its newest checkpoint is still {os.path.join(r.run_dir, newest[-1])}" if newest
                     else "it has no checkpoint")
             raise TrainingError(f"could not save {prefix}: {describe(e)}; the run stopped at step {step}, "
@@ -881,3 +568,21 @@ def load_validation_documents(enc, args, n_vocab):
     if not any(len(d.tokens) for d in documents):
         raise UsageError(f"validation dataset {path}: no tokens to score")
     return documents
+
+
+def say_how_it_ended(r, data_problem, skipped, stop):
+    """Raise what ended the run early (its last steps are saved by then): a token file that changed,
+    too many non-finite steps, a signal (cli.Interrupted), outputs that could not be written."""
+    step, run_dir = r.progress.step, r.run_dir
+    if data_problem is not None:
+        raise TrainingError(f"{data_problem} (stopped at step {step}, saved in {run_dir})")
+    if skipped > r.args.max_nonfinite:
+        raise TrainingError(f"the loss or the gradients were not finite at {skipped} steps in a row; "
+                            f"stopped with the weights of step {step}, the last good ones (in {run_dir}). "
+                            + CURES)
+    if stop.requested:
+        raise Interrupted(f"interrupted; saved {os.path.join(run_dir, f'model-{step}')}", stop.signum)
+    unwritten = [what for what in (r.sample_failure, r.writer.failure) if what]
+    if unwritten:
+        raise TrainingError(f"trained to step {step} and saved it in {run_dir}, but "
+                            + " and ".join(unwritten))

@@ -1,0 +1,23 @@
+"""The flags that choose a model, shared by sample.py, score.py and lens.py: a released model
+(--model_name, --models_dir) or the newest checkpoint of a training run (--run_name, --checkpoint_dir).
+This module does not import TensorFlow."""
+
+from gpt2_tf.cli import UsageError
+from gpt2_tf.model_files import ModelMissing, find_model
+
+
+def add_model_flags(parser, run_help):
+    """--model_name, --models_dir, --run_name, --checkpoint_dir: a released model, or a training run."""
+    parser.add_argument("--model_name", default="124M", help="model folder inside models_dir")
+    parser.add_argument("--models_dir", default="models", help="folder of downloaded models")
+    parser.add_argument("--run_name", default=None, help=run_help)
+    parser.add_argument("--checkpoint_dir", default="checkpoint", help="folder of training runs")
+
+
+def check_model_flags(args):
+    """The ModelFiles that the model flags name. Raises UsageError when the model or the run is not
+    there, and CheckpointError when its newest checkpoint is damaged."""
+    try:
+        return find_model(args.model_name, args.models_dir, args.run_name, args.checkpoint_dir)
+    except ModelMissing as e:
+        raise UsageError(str(e)) from None

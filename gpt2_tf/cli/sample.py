@@ -1,0 +1,223 @@
+"""sample.py: generate text with GPT-2, unconditional, from a prompt, from a file of prompts in
+batches, or interactively. The flags and their checks (made before TensorFlow is imported), then
+`generate`, the work.
+"""
+
+import itertools
+import json
+import os
+import sys
+
+import numpy as np
+
+from gpt2_tf.checkpoint_files import CheckpointError
+from gpt2_tf.cli import (
+    Interrupted,
+    Parser,
+    UsageError,
+    add_text_flags,
+    check_encoding,
+    check_output_file,
+    integer,
+    number,
+    run_script,
+)
+from gpt2_tf.cli.model_flags import add_model_flags
+from gpt2_tf.cli.prompts import fit, prepare
+
+
+def make_parser():
+    p = Parser(description="Generate text with GPT-2.")
+    add_model_flags(p, "sample from checkpoint_dir/run_name (fine-tuned)")
+    p.add_argument("--seed", type=integer(0, 2**31 - 1), default=None,
+                   help="random seed; same seed, same samples")
+    p.add_argument("--nsamples", type=integer(0), default=1,
+                   help="samples per prompt; 0: for ever (no prompt)")
+    p.add_argument("--batch_size", type=integer(1), default=1, help="samples drawn together")
+    p.add_argument("--length", type=integer(1), default=None,
+                   help="tokens per sample (default: n_ctx without a prompt, n_ctx // 2 with one)")
+    p.add_argument("--temperature", type=number(low=0), default=1.0, help="0 means greedy")
+    p.add_argument("--top_k", type=integer(0), default=0, help="keep the k most likely tokens; 0: all")
+    p.add_argument("--top_p", type=number(low=0, high=1), default=1.0,
+                   help="nucleus: keep the most likely tokens up to this probability; 0 or 1: all")
+    p.add_argument("--prompt", default=None, help="text to continue")
+    p.add_argument("--prompt_file", default=None, help="file whose text to continue (see --encoding)")
+    p.add_argument("--prompts", default=None, metavar="FILE",
+                   help="many prompts: one per line, or JSON Lines ({\"prompt\": ...}) in a .jsonl file; "
+                        "generated --batch_size rows at a time, in the file's order")
+    p.add_argument("--output_format", choices=["text", "jsonl"], default="text",
+                   help="text: the original's banners; jsonl: one {\"prompt\", \"sample\", \"text\"} "
+                        "object per sample")
+    p.add_argument("--sliding_window", action="store_true",
+                   help="let --length pass n_ctx: the context slides, keeping its last n_ctx - "
+                        "--window_shift tokens")
+    p.add_argument("--window_shift", type=integer(1), default=None,
+                   help="tokens the window moves by (default: n_ctx // 2)")
+    p.add_argument("--interactive", action="store_true", help="ask for prompts in a loop")
+    p.add_argument("--include_prompt", action="store_true", help="print the prompt before each sample")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="end a sample at this text (repeatable)")
+    p.add_argument("--truncate_prompt", action="store_true",
+                   help="cut a too-long prompt from the left instead of refusing it")
+    p.add_argument("--output", default=None, metavar="FILE", help="write the samples to FILE (UTF-8)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="weights and cache precision (bfloat16: faster on CPUs that have it)")
+    p.add_argument("--compile", choices=["auto", "xla", "graph"], default="auto",
+                   help="compile the decoding loop with XLA or as a TensorFlow graph (auto: per device)")
+    add_text_flags(p, "of --prompt_file and --prompts")
+    p.add_verbose()
+    return p
+
+
+def check_args(args):
+    """Check the flags, the model and the prompts before any work (TensorFlow is not imported yet);
+    returns what prompts.prepare found. Raises UsageError."""
+    if args.nsamples == 0 and (args.prompt or args.prompt_file or args.prompts or args.interactive):
+        raise UsageError("--nsamples 0 (for ever) is for unconditional samples only")
+    given = [flag for flag in ("prompt", "prompt_file", "prompts", "interactive") if getattr(args, flag)]
+    if len(given) > 1:
+        raise UsageError(f"give one of --prompt, --prompt_file, --prompts and --interactive, not "
+                         f"--{given[0]} and --{given[1]}")
+    for flag in ("prompt_file", "prompts"):
+        path = getattr(args, flag)
+        if path is not None and os.path.isdir(path):
+            raise UsageError(f"--{flag} {path} is a folder; give a file")
+        if path is not None and not os.path.isfile(path):
+            raise UsageError(f"--{flag} {path}: no such file")
+    if args.window_shift is not None and not args.sliding_window:
+        raise UsageError("--window_shift needs --sliding_window")
+    check_encoding(args.encoding)
+    if args.output is not None:
+        check_output_file(args.output, "--output", [f for f in (args.prompt_file, args.prompts) if f])
+    args.compile = {"auto": None, "xla": True, "graph": False}[args.compile]
+    args.dtype = None if args.dtype == "float32" else args.dtype
+    return prepare(args)
+
+
+def parse_args(argv=None):
+    """The parsed flags, checked (bad values exit 2 with one line)."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_args(args)
+    except UsageError as e:
+        parser.error(str(e))
+    return args
+
+
+def main(argv=None):
+    return run_script("sample.py", make_parser, check_args, generate, (CheckpointError,),
+                      "the samples drawn so far were written", argv)
+
+
+def generate(args, prepared):
+    """What sample.py does once its flags are checked: the samples, on stdout or into --output."""
+    from gpt2_tf.files import atomic_write
+
+    sys.stdout.reconfigure(errors="replace")  # a console that cannot show a character shows '?'
+    if not args.output:
+        return run(args, prepared=prepared)
+    # A file is written under a temporary name and renamed into place when done or interrupted.
+    with atomic_write(args.output, encoding="utf-8") as out:
+        try:
+            run(args, out, prepared)
+            return None
+        except KeyboardInterrupt:
+            pass  # keep what was written
+    raise Interrupted(f"interrupted; the samples drawn so far are in {args.output}")
+
+
+def run(args, out=None, prepared=None):
+    """The samples of the checked flags, written to `out` (default stdout). `prepared`: what
+    `prompts.prepare(args)` returned (default: it is called)."""
+    from gpt2_tf.devices import emulated_bfloat16, grow_gpu_memory
+    from gpt2_tf.model_files import load
+    from gpt2_tf.sample import Generator
+
+    out = out or sys.stdout
+    prepared = prepared or prepare(args)
+    grow_gpu_memory()
+    emulated = emulated_bfloat16() if args.dtype == "bfloat16" else None
+    if emulated:
+        print(f"warning: {emulated} has no bfloat16 arithmetic (it is emulated, slower than float32); leave "
+              "--dtype out", file=sys.stderr, flush=True)
+    model, hparams, _ = load(prepared.files, dtype=args.dtype)
+    writer = Samples(args, out, Generator(model, jit_compile=args.compile), prepared)
+    if not args.interactive:
+        writer.write(prepared.texts, prepared.prompts, numbered=len(prepared.texts) > 1)
+        return
+    try:
+        import readline  # noqa: F401  (input() then edits the line, and writes its prompt to stdout)
+    except ImportError:  # not on every platform
+        pass
+    for prompt_number in itertools.count():
+        try:
+            text = input("Model prompt >>> ")
+        except EOFError:
+            print()  # the shell's prompt starts on a new line
+            return
+        if not text:
+            print("Prompt should not be empty!")
+            continue
+        try:
+            tokens = fit(prepared.enc, text, prepared.length, hparams.n_ctx, prepared.shift,
+                         args.truncate_prompt)
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        writer.write([text], [tokens], first_prompt=prompt_number)
+        print("=" * 80, file=out)
+
+
+class Samples:
+    """Writes the samples of prompts as sample.py prints them: the original's banners, or JSON Lines."""
+
+    def __init__(self, args, out, generator, prepared):
+        self.args, self.out, self.generator, self.enc = args, out, generator, prepared.enc
+        self.length, self.shift = prepared.length, prepared.shift
+        self.seed = np.random.randint(2**31) if args.seed is None else args.seed
+        self.streaming = (args.batch_size == 1 and out.isatty() and not args.output
+                          and args.output_format == "text")
+
+    def write(self, texts, prompts, first_prompt=0, numbered=False):
+        """--nsamples samples of each prompt (for ever if 0), --batch_size rows at a time whatever the
+        prompts' lengths, in the order of the prompts; row (i, n) is sample n of prompt first_prompt + i."""
+        from gpt2_tf.generate import generate_texts
+
+        args, out = self.args, self.out
+        eot = self.enc.encoder["<|endoftext|>"]
+        counts = range(args.nsamples) if args.nsamples else itertools.count()  # 0: one prompt, for ever
+        jobs = ((i, n) for i in range(len(texts)) for n in counts)
+        while batch := list(itertools.islice(jobs, args.batch_size)):
+            contexts = [prompts[i] or [eot] for i, _ in batch]
+            rows = [(first_prompt + i, n) for i, n in batch]
+            stream = None
+            if self.streaming:
+                self.banner(batch[0], numbered)
+                out.write(self.prefix(texts[batch[0][0]]))
+                stream = lambda piece: (out.write(piece), out.flush())  # noqa: E731
+            results = generate_texts(self.generator, self.enc, contexts, self.length, args.temperature,
+                                     args.top_k, args.top_p, self.seed, args.stop or (), stream, rows,
+                                     self.shift)
+            for (i, n), text in zip(batch, results):
+                if self.streaming:
+                    out.write("\n")
+                elif args.output_format == "jsonl":
+                    out.write(json.dumps({"prompt": texts[i], "sample": n + 1, "text": text},
+                                         ensure_ascii=False) + "\n")
+                else:
+                    self.banner((i, n), numbered)
+                    print(self.prefix(texts[i]) + text, file=out)
+            out.flush()
+
+    def banner(self, job, numbered):
+        print(banner(job[1] + 1, job[0] + 1 if numbered else None), file=self.out)
+
+    def prefix(self, text):
+        return text if self.args.include_prompt else ""
+
+
+def banner(n, prompt=None):
+    """The original's separator before sample n (of prompt number `prompt`, counted from 1, when
+    there are several)."""
+    name = f"PROMPT {prompt}, SAMPLE {n}" if prompt is not None else f"SAMPLE {n}"
+    return "=" * 40 + " " + name + " " + "=" * 40

@@ -1,0 +1,150 @@
+"""score.py: how good a model is on some text, every token scored once with a sliding window. The
+flags and their checks (made before TensorFlow is imported), then `run`, the work.
+"""
+
+import sys
+
+from tqdm import tqdm
+
+from gpt2_tf.checkpoint_files import CheckpointError
+from gpt2_tf.cli import (
+    Parser,
+    UsageError,
+    add_bin_dtype_flag,
+    add_text_flags,
+    check_encoding,
+    check_fits,
+    check_output_file,
+    input_files,
+    integer,
+    run_script,
+)
+from gpt2_tf.cli.model_flags import add_model_flags, check_model_flags
+from gpt2_tf.files import is_stdout
+from gpt2_tf.score_report import table, to_json, write_html, write_json, write_tsv
+
+
+def make_parser():
+    p = Parser(description="Score text with GPT-2: every token once, with a sliding window.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="text files, folders, glob patterns, .npz files or nanoGPT's .bin files")
+    add_model_flags(p, "score the newest checkpoint of checkpoint_dir/run_name (fine-tuned)")
+    p.add_argument("--context", type=integer(2), default=None, help="window length C (default: n_ctx)")
+    p.add_argument("--stride", type=integer(1), default=None,
+                   help="tokens newly scored per window S, 1 to C (default: C // 2)")
+    p.add_argument("--prefix", choices=["eot", "none"], default="eot",
+                   help="eot: each document follows <|endoftext|> and all its tokens are scored; none: its "
+                        "first token is context only")
+    p.add_argument("--compat", choices=["hf"], default=None,
+                   help="hf: score as Hugging Face's perplexity guide does (its windows, no prefix)")
+    p.add_argument("--per_line", action="store_true", help="each non-empty line is a document")
+    p.add_argument("--show_documents", action="store_true",
+                   help="with --per_line, print a row per document, not only the total")
+    p.add_argument("--batch_size", type=integer(1), default=8, help="windows scored together")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="weights and activations (bfloat16: faster on CPUs that have it, less exact)")
+    p.add_argument("--json", metavar="FILE", help="write the documents' sums and the totals as JSON")
+    p.add_argument("--tsv", metavar="FILE", help="write one row per scored token")
+    p.add_argument("--html", metavar="FILE", help="write a page of the text coloured by surprisal")
+    add_text_flags(p)
+    add_bin_dtype_flag(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no table (write only the files)")
+    p.add_verbose()
+    return p
+
+
+def check_args(args):
+    """Check the flags, the model and the inputs before any work (TensorFlow is not imported yet);
+    returns (input files, the model's files). Raises UsageError."""
+    model = check_model_flags(args)
+    check_encoding(args.encoding)
+    n_ctx = model.hparams.n_ctx
+    if args.context is not None and args.context > n_ctx:
+        raise UsageError(f"--context {args.context} is more than the model's n_ctx = {n_ctx}")
+    context = args.context or n_ctx
+    if args.stride is not None and args.stride > context:
+        raise UsageError(f"--stride {args.stride} is more than --context {context}; it must be 1 to "
+                         f"{context}")
+    if args.compat == "hf" and (args.tsv or args.html or args.per_line):
+        raise UsageError("--compat hf gives Hugging Face's figure for whole files; --tsv, --html and "
+                         "--per_line need the exact per-token scores: leave --compat out")
+    check_fits(args.batch_size * context * model.hparams.n_vocab * 4,
+               f"--batch_size {args.batch_size}: the logits of {args.batch_size} windows of {context} tokens")
+    files, _ = input_files(args.inputs, args.encoding, args.verbose)
+    if not files:
+        raise UsageError("no input files found")
+    for flag in ("json", "tsv", "html"):
+        if getattr(args, flag):
+            check_output_file(getattr(args, flag), f"--{flag}", files)
+    args.dtype = None if args.dtype == "float32" else args.dtype
+    return files, model
+
+
+def score(args, checked):
+    """What score.py does once its flags are checked."""
+    files, model = checked
+    sys.stdout.reconfigure(errors="replace")  # a console that cannot show a character shows '?'
+    return run(args, files, model=model)
+
+
+def main(argv=None):
+    from gpt2_tf.dataset import DatasetError
+
+    return run_script("score.py", make_parser, check_args, score, (CheckpointError,), "nothing was written",
+                      argv, intermixed=True, bad_input=(DatasetError,))
+
+
+
+
+def run(args, files, out=None, model=None):
+    """score.py: load the model (the ModelFiles `model`, else the one the flags name) and the documents
+    of `files`, score them, print the table to `out` (default stdout; stderr when a file is written to
+    standard output) and write the requested files. Returns the totals."""
+    from gpt2_tf.devices import grow_gpu_memory
+    from gpt2_tf.model_files import find_model, load
+    from gpt2_tf.score import figures, load_documents, score_documents, totals
+
+    outputs = [getattr(args, flag) for flag in ("json", "tsv", "html") if getattr(args, flag)]
+    out = out or (sys.stderr if any(is_stdout(path) for path in outputs) else sys.stdout)
+    grow_gpu_memory()
+    model, hparams, enc = load(model or find_model(args.model_name, args.models_dir, args.run_name,
+                                                   args.checkpoint_dir), dtype=args.dtype)
+    context = args.context or hparams.n_ctx
+    stride = args.stride or context // 2
+    documents = load_documents(enc, files, args.per_line, args.encoding, args.errors, hparams.n_vocab,
+                               args.bin_dtype)
+    if args.prefix == "eot" and args.compat is None and enc.eot_token is None:
+        raise UsageError("the vocabulary has no <|endoftext|> token: use --prefix none")
+    prefix = "none" if args.compat == "hf" else args.prefix
+    targets = sum(max(0, len(d.tokens) - (prefix == "none")) for d in documents)
+    if not targets:
+        raise UsageError("nothing to score: the input is empty (no tokens)"
+                         + (" after the first of each document" if prefix == "none" else ""))
+    details = bool(args.tsv or args.html)
+    with tqdm(total=targets, unit="tok", desc="Scoring", disable=args.quiet, dynamic_ncols=True) as bar:
+        scored = score_documents(model, documents, context, stride, args.prefix, args.compat,
+                                 args.batch_size, details, bar.update, enc.eot_token)
+    total = totals(scored)
+    rows = [(s.document.name, {"tokens": s.tokens, "bytes": s.document.bytes, "words": s.document.words,
+                               "nll": s.nll, "correct": s.correct,
+                               **figures(s.tokens, s.nll, s.correct, s.document.bytes, s.document.words)})
+            for s in scored]
+    if not args.quiet:
+        shown = rows if (args.show_documents or not args.per_line) else []
+        print("\n".join(table(shown, total)), file=out)
+        if total["bytes"] is None:
+            print("(.npz input holds tokens only: bits per byte and word perplexity need the text)", file=out)
+    if args.json:
+        settings = {"model": args.run_name or args.model_name, "context": context, "stride": stride,
+                    "prefix": prefix, "compat": args.compat}
+        write_json(args.json, to_json(settings, rows, total))
+
+    def decode(token):
+        return enc.decode([token])
+
+    if args.tsv:
+        write_tsv(args.tsv, scored, decode)
+    if args.html:
+        names = ", ".join(s.document.name for s in scored[:3]) + (", ..." if len(scored) > 3 else "")
+        write_html(args.html, scored, decode, f"{args.run_name or args.model_name}: {names}")
+    return total
