@@ -364,8 +364,11 @@ def run_script(*args, code=None, keep_base_url=False):
     """Run download_model.py (or `code`, with the same argv) from the repository's folder."""
     command = [sys.executable, "download_model.py"] if code is None else [sys.executable, "-c", code]
     env = {k: v for k, v in os.environ.items() if k != "GPT2_BASE_URL" or keep_base_url}
+    # Ctrl-C as a terminal sends it, also where the tests run in a background job (whose shell
+    # starts it with SIGINT ignored, which its children inherit).
     return subprocess.Popen(command + list(args), cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 # download_model.py with the tiny model's sizes as those of 124M, so that it checks against them.
