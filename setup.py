@@ -22,10 +22,11 @@ setup(
         # tiktoken and tokenizers are test oracles; transformers (on torch), keras-hub and safetensors are
         # the clients that prove convert.py's formats (docs/convert.md)
         "test": ["pytest", "hypothesis", "ruff", "tiktoken", "tokenizers", "matplotlib",
-                 "torch", "transformers", "keras-hub", "safetensors"],
+                 "torch", "transformers", "keras-hub", "safetensors", "ai-edge-litert"],
         "fast": ["tiktoken"],  # encode.py about 6x faster, same tokens (docs/encode.md)
         "lens": ["matplotlib"],  # lens.py --png only
         "keras-hub": ["keras-hub"],  # convert.py --to keras_hub, and reading KerasHub presets
+        "litert": ["ai-edge-litert"],  # sample.py and score.py on LiteRT models (docs/litert.md)
     },
     entry_points={
         "console_scripts": [

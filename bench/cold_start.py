@@ -2,7 +2,8 @@
 """Cold start: sample.py's time to its first token as a whole process, beside a plain transformers script.
 
 The 124M shape with random weights, written once into a temporary folder in the released layout and
-converted for transformers (convert.py). Each command generates one token after "Hello there" (top_k
+converted for transformers and to LiteRT int8 (convert.py; sample.py runs the LiteRT folder without
+TensorFlow). Each command generates one token after "Hello there" (top_k
 40) in a fresh process: one warm-up run each (the files are then in the page cache), then --repeats
 runs each, alternating; medians of wall time and peak memory (whole process: Python, imports,
 loading, the token). --stages also times sample.py's steps inside one process.
@@ -74,9 +75,12 @@ def main():
         hf = os.path.join(work, "hf")
         subprocess.run([sys.executable, os.path.join(ROOT, "convert.py"), os.path.join(models, "124M"), hf,
                         "--to", "hf", "--quiet"], check=True)
-        commands = {"sample.py --length 1": [sys.executable, os.path.join(ROOT, "sample.py"), "--models_dir",
-                                             models, "--prompt", "Hello there", "--length", "1", "--top_k",
-                                             "40", "--seed", "1"]}
+        subprocess.run([sys.executable, os.path.join(ROOT, "convert.py"), os.path.join(models, "124M"),
+                        os.path.join(models, "124M-litert"), "--to", "litert", "--quiet"], check=True)
+        sample = [sys.executable, os.path.join(ROOT, "sample.py"), "--models_dir", models, "--prompt",
+                  "Hello there", "--length", "1", "--top_k", "40", "--seed", "1"]
+        commands = {"sample.py --length 1": sample,
+                    "the same, LiteRT int8": sample + ["--model_name", "124M-litert"]}
         if not args.no_peer:
             commands["transformers script"] = [sys.executable, "-c", HF_SCRIPT, hf]
         results = {name: [] for name in commands}
@@ -86,11 +90,17 @@ def main():
             for name, command in commands.items():
                 results[name].append(measure(command))
                 time.sleep(0.5)
-        print(f"{'command':24} {'wall (median)':>14} {'peak RSS':>10} {'own memory':>11}")
-        for name, runs in results.items():
-            wall, anon, rss = (statistics.median(r[i] for r in runs) for i in range(3))
-            print(f"{name:24} {wall:12.2f} s {rss:6.0f} MiB {anon:7.0f} MiB   (runs: "
-                  f"{', '.join(f'{r[0]:.1f}' for r in runs)} s)")
+        print(f"{'command':24} {'wall (median)':>14} {'peak RSS':>10} {'own memory':>11} "
+              f"{'vs transformers':>16}")
+        medians = {name: [statistics.median(r[i] for r in runs) for i in range(3)]
+                   for name, runs in results.items()}
+        peer = medians.get("transformers script")
+        for name, (wall, anon, rss) in medians.items():
+            ratio = f"{wall / peer[0]:.2f}x, {rss / peer[2]:.2f}x" if peer else "-"
+            print(f"{name:24} {wall:12.2f} s {rss:6.0f} MiB {anon:7.0f} MiB {ratio:>16}   (runs: "
+                  f"{', '.join(f'{r[0]:.2f}' for r in results[name])} s)")
+        if peer:
+            print("(vs transformers: the ratios of wall time and of peak RSS)")
         if args.stages:
             print("sample.py's steps, in one process:")
             subprocess.run([sys.executable, "-c", STAGES, models], cwd=ROOT,

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Sampling speed: gpt2-tf against Hugging Face transformers (PyTorch) and KerasHub, in the same run.
+"""Sampling speed: gpt2-tf (TensorFlow, and LiteRT int8 and float32) against Hugging Face transformers
+(PyTorch), KerasHub and CTranslate2 (float32 and int8), in the same run.
 
 A model with the 124M shape and random weights, a 16-token prompt, 256 new tokens, top_k 40, at batch
 1 and batch 8 (`-ragged`: at batch 8, prompts of 9 to 23 tokens, 16 on average). Reported: new
@@ -10,6 +11,9 @@ configuration runs in its own process; with --repeats N each is run N times and 
     bash bench/setup_peers.sh        # once: the peers' environments, outside the repository
     python bench/sample.py           # all of ours and both peers
     python bench/sample.py --only ours-xla-float32 --repeats 3
+
+The LiteRT and CTranslate2 models are converted once (convert.py's LiteRT writer; transformers'
+model through ct2-transformers-converter) and kept in GPT2_BENCH_ENVS.
 """
 
 import argparse
@@ -28,9 +32,14 @@ CONFIGS = {
     "ours-xla-bfloat16": sys.executable,
     "ours-graph-bfloat16": sys.executable,
     "ours-xla-float32-ragged": sys.executable,
+    "litert-int8": sys.executable,
+    "litert-float32": sys.executable,
     "hf-transformers": os.path.join(ENVS, "torch", "bin", "python"),
     "kerashub": os.path.join(ENVS, "kerashub", "bin", "python"),
+    "ct2-float32": os.path.join(ENVS, "torch", "bin", "python"),
+    "ct2-int8": os.path.join(ENVS, "torch", "bin", "python"),
 }
+PEERS = ("hf-transformers", "kerashub", "ct2-float32", "ct2-int8")
 BANDWIDTH_LIMIT_NOTE = "batch-1 fp32 bound: ~495 MB of weights read per token"
 
 
@@ -94,6 +103,81 @@ def run_ours(compile_mode, dtype, ragged=False):
     return measure(first_token, generate)
 
 
+def litert_model(quantize):
+    """The 124M shape with random weights (seed 0) as a LiteRT file, converted once."""
+    path = os.path.join(ENVS, f"litert-124M-{quantize}.tflite")
+    if not os.path.exists(path):
+        import tensorflow as tf
+
+        from gpt2_tf.hparams import released
+        from gpt2_tf.litert import write_litert
+        from gpt2_tf.model import GPT2
+
+        tf.random.set_seed(0)
+        os.makedirs(ENVS, exist_ok=True)
+        write_litert(GPT2(released("124M")), path, quantize)
+    return path
+
+
+def run_litert(quantize):
+    from gpt2_tf.hparams import released
+    from gpt2_tf.litert_runtime import LiteRTGenerator
+
+    generator = LiteRTGenerator(litert_model(quantize), released("124M"))
+
+    def first_token(batch):
+        generator.start(prompt(batch), NEW, top_k=TOP_K, seed=1)
+
+    def generate(batch):
+        state = generator.start(prompt(batch), NEW, top_k=TOP_K, seed=1)
+        generator.extend(state, NEW - 1)
+
+    return measure(first_token, generate)
+
+
+def ct2_model(quantization):
+    """transformers' GPT-2 (124M, random weights, seed 0, GPT-2's vocabulary) through CTranslate2's
+    converter, once."""
+    import json as json_module
+
+    folder = os.path.join(ENVS, f"ct2-124M-{quantization}")
+    if os.path.exists(folder):
+        return folder
+    import torch
+    from ctranslate2.converters import TransformersConverter
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf = os.path.join(ENVS, "hf-124M-random")
+    if not os.path.exists(hf):
+        torch.manual_seed(0)
+        GPT2LMHeadModel(GPT2Config()).save_pretrained(hf)
+        vocab = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "gpt2-vocab")
+        with open(os.path.join(vocab, "encoder.json"), encoding="utf-8") as f, \
+                open(os.path.join(hf, "vocab.json"), "w", encoding="utf-8") as g:
+            json_module.dump(json_module.load(f), g)
+        with open(os.path.join(vocab, "vocab.bpe"), encoding="utf-8") as f, \
+                open(os.path.join(hf, "merges.txt"), "w", encoding="utf-8") as g:
+            g.write(f.read())
+    TransformersConverter(hf).convert(folder, quantization=quantization)
+    return folder
+
+
+def run_ct2(quantization):
+    import ctranslate2
+
+    generator = ctranslate2.Generator(ct2_model(quantization), device="cpu", compute_type=quantization,
+                                      intra_threads=len(os.sched_getaffinity(0)))
+    vocabulary = json.load(open(os.path.join(ENVS, "hf-124M-random", "vocab.json"), encoding="utf-8"))
+    names = {i: token for token, i in vocabulary.items()}
+
+    def call(batch, new):
+        tokens = [[names[int(i)] for i in row] for row in prompt(batch)]
+        generator.generate_batch(tokens, max_length=new, min_length=new, sampling_topk=TOP_K,
+                                 include_prompt_in_result=False, end_token=[])
+
+    return measure(lambda b: call(b, 1), lambda b: call(b, NEW))
+
+
 def run_hf():
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -133,6 +217,9 @@ def worker(name):
     if name.startswith("ours-"):
         _, mode, dtype, *ragged = name.split("-")
         return run_ours(mode, dtype, bool(ragged))
+    if name.startswith(("litert-", "ct2-")):
+        runtime, precision = name.split("-")
+        return (run_litert if runtime == "litert" else run_ct2)(precision)
     return {"hf-transformers": run_hf, "kerashub": run_kerashub}[name]()
 
 
@@ -167,16 +254,21 @@ def main():
             rows[name] = {b: {k: statistics.median(r[b][k] for r in runs) for k in runs[0][b]}
                           for b in runs[0]}
             print(name, json.dumps(rows[name]), flush=True)
-    peers = [rows[p] for p in ("hf-transformers", "kerashub") if p in rows]
-    print(f"\n{'configuration':22} {'b1 tok/s':>9} {'b8 tok/s':>9} {'ttft cold':>10} {'ttft warm':>10}"
-          f" {'b1 vs best peer':>16} {'b8 vs best peer':>16}")
+    peers = [rows[p] for p in PEERS if p in rows]
+    # Ratios against the best peer, and against our TensorFlow float32 and CTranslate2 int8 rows.
+    against = [("best peer", lambda b: max(p[b]["tokens_per_s"] for p in peers) if peers else None)]
+    against += [(ref, lambda b, ref=ref: rows[ref][b]["tokens_per_s"])
+                for ref in ("ours-xla-float32", "ct2-int8") if ref in rows]
+    heads = "".join(f" {f'b{b} vs {title}':>22}" for title, _ in against for b in ("1", "8"))
+    print(f"\n{'configuration':24} {'b1 tok/s':>9} {'b8 tok/s':>9} {'ttft cold':>10} {'ttft warm':>10}"
+          + heads)
     for name, r in rows.items():
         ratios = ""
-        if peers:
+        for _, reference in against:
             for b in ("1", "8"):
-                best = max(p[b]["tokens_per_s"] for p in peers)
-                ratios += f" {r[b]['tokens_per_s'] / best:>15.2f}x"
-        print(f"{name:22} {r['1']['tokens_per_s']:9.1f} {r['8']['tokens_per_s']:9.1f} "
+                base = reference(b)
+                ratios += f" {r[b]['tokens_per_s'] / base:>21.2f}x" if base else f" {'-':>22}"
+        print(f"{name:24} {r['1']['tokens_per_s']:9.1f} {r['8']['tokens_per_s']:9.1f} "
               f"{r['1']['ttft_cold']:9.2f}s {r['1']['ttft_warm']:9.3f}s{ratios}")
     print(f"({BANDWIDTH_LIMIT_NOTE}; tokens/s: median of 3 calls after a warm-up call; ttft at batch 1)")
 

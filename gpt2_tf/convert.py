@@ -6,6 +6,8 @@ The three formats:
 - "hf": a Hugging Face folder: config.json (model_type gpt2), model.safetensors or the shards named by
   model.safetensors.index.json, and the tokenizer as vocab.json + merges.txt or as tokenizer.json;
 - "keras_hub": a KerasHub preset folder (GPT2Backbone or GPT2CausalLM).
+Two more are written, never read: "saved_model" (gpt2_tf/serving.py) and "litert" (a LiteRT model
+folder: model.tflite beside hparams.json and the tokenizer; gpt2_tf/litert.py).
 
 Each reader gives a `ModelData`: hyperparameters, the weights by TF1 name in the original's shapes, and
 the BPE vocabulary. Each writer takes one and writes a complete folder, atomically (under a temporary
@@ -49,8 +51,9 @@ from gpt2_tf.cli import describe
 from gpt2_tf.encoder import ENDOFTEXT, load_encoder_files
 from gpt2_tf.files import WriteError, atomic_write
 from gpt2_tf.hparams import HParams, load_hparams, save_hparams
+from gpt2_tf.model_files import LITERT_FILE
 
-FORMATS = ("tf1", "hf", "keras_hub", "saved_model")  # saved_model is written, not read
+FORMATS = ("tf1", "hf", "keras_hub", "saved_model", "litert")  # saved_model and litert are written, not read
 
 # Hugging Face's names for the tanh approximation of GELU that GPT-2 uses (the same function).
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
@@ -113,8 +116,11 @@ def read(path, fmt=None):
     return {"tf1": read_tf1, "hf": read_hf, "keras_hub": read_keras_hub}[fmt](path)
 
 
-def write(data, dst, fmt, progress=True):
-    """Write a ModelData as a new folder `dst` in one of FORMATS. `dst` must not exist, or be empty."""
+def write(data, dst, fmt, progress=True, quantize="int8"):
+    """Write a ModelData as a new folder `dst` in one of FORMATS. `dst` must not exist, or be empty.
+    `quantize`: the weights of a LiteRT model, "int8" or "float32"."""
+    if fmt == "litert":
+        return write_litert(data, dst, progress=progress, quantize=quantize)
     writers = {"tf1": write_tf1, "hf": write_hf, "keras_hub": write_keras_hub,
                "saved_model": write_saved_model}
     writers[fmt](data, dst, progress=progress)
@@ -182,6 +188,22 @@ def write_saved_model(data, dst, progress=True):
         say(progress, f"writing {dst} (TensorFlow SavedModel, {data.hparams.n_params() / 1e6:.0f}M "
                       "parameters)")
         export(model_from_weights(data.hparams, data.weights), data.encoder, data.merges, folder)
+
+
+def write_litert(data, dst, progress=True, quantize="int8"):
+    """A LiteRT model folder (gpt2_tf/litert.py): model.tflite, hparams.json, encoder.json and
+    vocab.bpe, which sample.py and score.py run without TensorFlow. It cannot be read back here: keep
+    the model it came from."""
+    from gpt2_tf.checkpoint import model_from_weights
+    from gpt2_tf.litert import write_litert as write_file
+
+    with new_folder(dst) as folder:
+        say(progress, f"writing {dst} (LiteRT, {quantize} weights, {data.hparams.n_params() / 1e6:.0f}M "
+                      "parameters)")
+        save_hparams(data.hparams, os.path.join(folder, "hparams.json"))
+        write_vocabulary(data, os.path.join(folder, "encoder.json"), os.path.join(folder, "vocab.bpe"))
+        model = model_from_weights(data.hparams, data.weights)
+        write_file(model, os.path.join(folder, LITERT_FILE), quantize)
 
 
 # ---------------------------------------------------------------------------------------------------

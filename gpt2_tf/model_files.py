@@ -10,6 +10,8 @@ from gpt2_tf.checkpoint_files import CheckpointError, check_intact, latest_prefi
 from gpt2_tf.encoder import get_encoder
 from gpt2_tf.hparams import HParams, load_hparams, missing_model, model_dir
 
+LITERT_FILE = "model.tflite"  # a LiteRT model folder's weights (convert.py --to litert)
+
 
 class ModelMissing(CheckpointError):
     """The model or run that the flags name is not there (bad usage, not a damaged file)."""
@@ -17,13 +19,19 @@ class ModelMissing(CheckpointError):
 
 @dataclasses.dataclass
 class ModelFiles:
-    """A model's files: the checkpoint prefix of its weights, its hparams, and the folder of its
-    tokenizer (encoder.json, vocab.bpe); `name` is the run's or the model's, for titles."""
+    """A model's files: the checkpoint prefix of its weights (or a LiteRT model folder's
+    model.tflite), its hparams, and the folder of its tokenizer (encoder.json, vocab.bpe); `name` is
+    the run's or the model's, for titles."""
 
     weights: str
     hparams: HParams
     tokenizer: str
     name: str
+
+    @property
+    def litert(self):
+        """Whether the weights are a LiteRT model (run with litert_runtime, without TensorFlow)."""
+        return self.weights.endswith(".tflite")
 
     def encoder(self):
         """The model's tokenizer (an encoder.Encoder)."""
@@ -31,12 +39,18 @@ class ModelFiles:
 
 
 def find_model(model_name="124M", models_dir="models", run_name=None, checkpoint_dir="checkpoint"):
-    """ModelFiles of a released model, or with run_name of the newest checkpoint of
-    `checkpoint_dir/run_name` (its own hparams.json and tokenizer when it has them, as train.py writes
-    them, else the base model's). Raises ModelMissing for what is not there, CheckpointError for a
-    damaged checkpoint."""
+    """ModelFiles of a released model (or a LiteRT model folder, made by convert.py --to litert), or
+    with run_name of the newest checkpoint of `checkpoint_dir/run_name` (its own hparams.json and
+    tokenizer when it has them, as train.py writes them, else the base model's). Raises ModelMissing
+    for what is not there, CheckpointError for a damaged checkpoint."""
     base = model_dir(model_name, models_dir)
-    if run_name is None:
+    litert = os.path.join(base, LITERT_FILE)
+    if run_name is None and os.path.isfile(litert) and not os.path.exists(os.path.join(base, "checkpoint")):
+        problem = missing_model(model_name, models_dir, ("hparams.json", "encoder.json", "vocab.bpe"))
+        if problem:
+            raise ModelMissing(problem)
+        weights, folder, tokenizer = litert, base, base
+    elif run_name is None:
         problem = missing_model(model_name, models_dir, ("hparams.json", "checkpoint", "encoder.json",
                                                          "vocab.bpe"))
         if problem:
@@ -63,7 +77,8 @@ def find_model(model_name="124M", models_dir="models", run_name=None, checkpoint
         hparams = load_hparams(folder)
     except (OSError, ValueError) as e:
         raise ModelMissing(str(e)) from None
-    check_intact(weights)
+    if not weights.endswith(".tflite"):
+        check_intact(weights)
     return ModelFiles(weights=weights, hparams=hparams, tokenizer=tokenizer, name=run_name or model_name)
 
 

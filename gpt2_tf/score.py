@@ -170,7 +170,8 @@ def sequence(document, prefix, eot):
 
 def score_documents(model, documents, context, stride, prefix="eot", compat=None, batch_size=8,
                     details=False, progress=None, eot=50256, jit_compile=None):
-    """Score each document; returns a list of `Scored`.
+    """Score each document with `model` (a GPT2, or the path of a LiteRT file); returns a list of
+    `Scored`.
 
     prefix: "eot" or "none" (docs/score.md). compat "hf": Hugging Face's loop instead of ours. The
     windows of all documents are computed together, `batch_size` at a time, each padded to the next
@@ -219,6 +220,11 @@ class WindowScorer:
     def __init__(self, model, context, batch_size=8, details=False, jit_compile=None):
         self.context = context
         self.batch_size = batch_size
+        if isinstance(model, str):  # a LiteRT file's path: next_token_scores, as traced into it
+            from gpt2_tf.litert_runtime import LiteRTScorer
+
+            self._scores = LiteRTScorer(model, details)
+            return
         self._scores = tf.function(lambda inputs, targets: next_token_scores(model, inputs, targets, details),
                                    jit_compile=jit_compile, reduce_retracing=True)
 
@@ -239,7 +245,7 @@ class WindowScorer:
                     window = seq[block.start:block.last + 1]
                     inputs[row, :len(window) - 1] = window[:-1]
                     targets[row, :len(window) - 1] = window[1:]
-                scores = {name: value.numpy() for name, value in self._scores(inputs, targets).items()}
+                scores = {name: np.asarray(value) for name, value in self._scores(inputs, targets).items()}
                 for row, index in enumerate(batch):
                     block = windows[index][1]
                     picked = slice(block.first - 1 - block.start, block.last - block.start)

@@ -21,8 +21,9 @@ import os
 
 import tensorflow as tf
 
+from gpt2_tf.decoding import BUCKET, bucketed
 from gpt2_tf.graph_encoder import GraphEncoder
-from gpt2_tf.sample import BUCKET, bucketed, decode_steps, prompt_step
+from gpt2_tf.sample import decode_steps, prompt_step
 from gpt2_tf.score import next_token_scores
 from gpt2_tf.streams import batch_keys
 
@@ -73,7 +74,7 @@ def generate_ids(model, eot, input_ids, lengths, max_new_tokens, temperature, to
     lengths [B]: sample.py's prompt step and decoding loop, stopped once every row has drawn `eot`.
 
     With `xla`, the prompt step and the loop are compiled by XLA when first called with a shape; the
-    prompt and the cache are then padded to multiples of sample.BUCKET positions, so that few shapes
+    prompt and the cache are then padded to multiples of decoding.BUCKET positions, so that few shapes
     are compiled.
     """
     n_ctx = model.hparams.n_ctx
@@ -96,8 +97,8 @@ def generate_ids(model, eot, input_ids, lengths, max_new_tokens, temperature, to
         input_ids = tf.identity(input_ids)
         size, width = longest + max_new_tokens - 1, tf.identity(longest)
     if xla:
-        size = bucketed(size, n_ctx)
-        width = bucketed(longest, n_ctx)
+        size = bucketed(size, n_ctx, tf.minimum)
+        width = bucketed(longest, n_ctx, tf.minimum)
         input_ids = tf.pad(input_ids, [[0, 0], [0, BUCKET]])
     decode = tf.function(_decode, jit_compile=True, autograph=False) if xla else _decode
     tokens = decode(model, eot, input_ids[:, :width], lengths, size, batch_keys(seed, batch), max_new_tokens,

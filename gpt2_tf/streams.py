@@ -1,12 +1,12 @@
 """The random streams of sampling, the same under XLA, in a TensorFlow graph, on any device and at any
 batch size: each row's stream is named by a key, and each draw within it by a step.
 
-- `sample_keys(seed, rows)`: sample.py's keys (NumPy), one per (prompt number, sample number).
+- `decoding.sample_keys(seed, rows)`: sample.py's keys (NumPy, no TensorFlow), one per (prompt number,
+  sample number).
 - `batch_keys(seed, batch)`: a SavedModel's keys (TensorFlow), one per row of the batch.
 - `uniform_noise(keys, step, size)`: the uniform numbers of one draw of every row.
 """
 
-import numpy as np
 import tensorflow as tf
 
 
@@ -19,11 +19,19 @@ def uniform_noise(keys, step, size):
     elsewhere); under XLA on a CPU it draws 8 x 50,257 numbers in 0.5 ms against Threefry's 0.85, one
     row after another included.
     """
+    # uint32 before the new axis: TensorFlow's GPU kernels keep int32 slices in host memory.
+    return uniform_noise_at(keys, step, tf.bitcast(tf.range(size), tf.uint32)[None])
+
+
+def uniform_noise_at(keys, step, columns):
+    """uniform_noise's numbers of the given columns only: columns [B, n] (or [1, n]) int32 or uint32 ->
+    [B, n]."""
     golden = tf.constant(0x9E3779B9, tf.uint32)
     step = tf.bitcast(tf.cast(step, tf.int32), tf.uint32)
     row = fmix32(tf.bitcast(tf.cast(keys, tf.int32), tf.uint32) ^ fmix32(step + golden))[:, None]
-    column = tf.bitcast(tf.range(size), tf.uint32)[None]
-    bits = fmix32(fmix32(row + column * golden) ^ row)
+    if columns.dtype != tf.uint32:
+        columns = tf.bitcast(columns, tf.uint32)
+    bits = fmix32(fmix32(row + columns * golden) ^ row)
     # (n + 0.5) / 2^24 for the top 24 bits n: the largest n rounds to exactly 1.0 in float32, whose
     # Gumbel noise would be infinite (that token drawn whatever its probability, once in about 334
     # draws over 50,257 tokens), so it takes the largest float below 1 instead.
@@ -39,16 +47,6 @@ def fmix32(h):
     h ^= tf.bitwise.right_shift(h, 13)
     h *= tf.constant(0xC2B2AE35, tf.uint32)
     return h ^ tf.bitwise.right_shift(h, 16)
-
-
-def sample_keys(seed, rows):
-    """The random stream of each row, int32 [B]: from `seed` and the row's (prompt number, sample
-    number) in `rows`, mixed by NumPy's SeedSequence. Sample s of prompt p is drawn from the same
-    stream in any batch, at any batch size."""
-    return np.array([np.random.SeedSequence([seed, p, s]).generate_state(1)[0] for p, s in rows],
-                    np.uint32).view(np.int32)
-
-
 
 
 def batch_keys(seed, batch):

@@ -13,7 +13,7 @@ import tensorflow as tf
 from numpy_gpt2 import forward
 
 import sample as sample_script
-from gpt2_tf import get_encoder
+from gpt2_tf import get_encoder, sample
 from gpt2_tf.checkpoint import load_model
 from gpt2_tf.cli.sample import run
 from gpt2_tf.generate import generate_texts
@@ -91,6 +91,28 @@ def test_top_k_then_top_p():
     logits = tf.constant(np.log([[0.4, 0.3, 0.2, 0.1]]), tf.float32)
     # After top_k 3 the renormalised mass is 4/9, 3/9, 2/9: p = 0.7 needs the first two.
     assert kept(top_p_logits(top_k_logits(logits, 3), 0.7)) == [[True, True, False, False]]
+
+
+def test_top_k_draws_among_the_largest_the_token_drawn_over_the_whole_vocabulary():
+    """Outside XLA, top-k draws among the k largest logits only (sample.py's _draw_top_k): the token
+    drawn over the whole vocabulary (_draw_all), for every step, row and setting, also where the
+    k-th logit ties with the ones after it (a few ties, and more than TIES), and with the settings as
+    tensors (a SavedModel's or LiteRT's one function)."""
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(4, 50257)).astype(np.float32) * 3
+    order = np.argsort(-logits, axis=1)
+    logits[1, order[1, 4:7]] = logits[1, order[1, 3]]  # the 4th to 7th largest equal
+    logits[2, order[2, 2:30]] = logits[2, order[2, 2]]  # 28 equal from the 3rd: more than TIES
+    logits = tf.constant(logits)
+    keys = tf.constant([3, 1, 4, 1])
+    draw_all = tf.function(lambda k, p, step: sample._draw_all(logits, k, p, keys, step, False))
+    draw = tf.function(lambda t, k, p, step: choose(logits, t, k, p, keys, step))
+    for k, p in ((1, 1.0), (4, 1.0), (40, 1.0), (3, 0.5), (40, 0.9)):
+        for step in range(12):
+            expected = draw_all(k, p, step).numpy().tolist()
+            assert sample._draw(logits, 1.0, k, p, keys, step, False).numpy().tolist() == expected
+            settings = (tf.constant(1.0), tf.constant(k), tf.constant(p), tf.constant(step))
+            assert draw(*settings).numpy().tolist() == expected
 
 
 @pytest.mark.parametrize("xla", [False, True])

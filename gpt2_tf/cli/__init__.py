@@ -345,6 +345,7 @@ TF_LOG_LINE = re.compile(
     rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] [\w.\-/]+:\d+\]"
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     rb"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags"
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."  # LiteRT's, on loading a model
 )
 
 # The log lines that are let through all the same: a GPU that TensorFlow found but cannot use (CUDA or

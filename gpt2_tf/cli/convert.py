@@ -1,4 +1,5 @@
-"""convert.py: move a GPT-2 model between TF1 checkpoints, Hugging Face, KerasHub presets and SavedModels.
+"""convert.py: move a GPT-2 model between TF1 checkpoints, Hugging Face, KerasHub presets, SavedModels
+and LiteRT.
 The flags and their checks, then `convert`, the work.
 """
 
@@ -17,6 +18,8 @@ def make_parser():
     p.add_argument("dst", metavar="DST", help="the folder to write (must not exist, or be empty)")
     p.add_argument("--to", choices=FORMATS, default=None,
                    help="the format to write (default: tf1; required when SRC is tf1)")
+    p.add_argument("--quantize", choices=["int8", "float32"], default=None,
+                   help="with --to litert: the weights as int8 (default; 4x smaller, faster) or float32")
     p.add_argument("--quiet", action="store_true", help="no progress (warnings are still shown)")
     p.add_verbose()
     return p
@@ -35,6 +38,9 @@ def check_args(args):
             raise UsageError(f"{args.src} is a TF1 checkpoint already: say what to write with --to hf or "
                              f"--to keras_hub (or --to tf1 to make a model folder of it)")
         args.to = "tf1"
+    if args.quantize is not None and args.to != "litert":
+        raise UsageError(f"--quantize is for --to litert; {args.to} keeps the weights as they are")
+    args.quantize = args.quantize or "int8"
     check_folder_or_new(args.dst, "DST")
     if os.path.isdir(args.dst) and os.listdir(args.dst):
         raise UsageError(f"DST {args.dst} already exists and is not empty; give a new folder")
@@ -48,7 +54,7 @@ def convert(args, fmt):
     data = read(args.src, fmt)
     for note in data.notes:
         print(f"warning: {note}", file=sys.stderr)
-    write(data, args.dst, args.to, progress=not args.quiet)
+    write(data, args.dst, args.to, progress=not args.quiet, quantize=args.quantize)
     if not args.quiet:
         print(f"wrote {args.dst} ({args.to}, from {fmt} {args.src})", file=sys.stderr)
 

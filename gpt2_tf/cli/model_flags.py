@@ -21,3 +21,13 @@ def check_model_flags(args):
         return find_model(args.model_name, args.models_dir, args.run_name, args.checkpoint_dir)
     except ModelMissing as e:
         raise UsageError(str(e)) from None
+
+
+def check_litert(files):
+    """Refuse a LiteRT model (ModelFiles.litert) where LiteRT is not installed. Raises UsageError."""
+    import importlib.util
+
+    from gpt2_tf.litert_runtime import INSTALL
+
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        raise UsageError(f"{files.weights} is a LiteRT model, and LiteRT is not installed: {INSTALL}")

@@ -18,11 +18,13 @@ from gpt2_tf.cli import (
     add_text_flags,
     check_encoding,
     check_output_file,
+    default,
     integer,
+    is_given,
     number,
     run_script,
 )
-from gpt2_tf.cli.model_flags import add_model_flags
+from gpt2_tf.cli.model_flags import add_model_flags, check_litert
 from gpt2_tf.cli.prompts import fit, prepare
 
 
@@ -59,9 +61,9 @@ def make_parser():
     p.add_argument("--truncate_prompt", action="store_true",
                    help="cut a too-long prompt from the left instead of refusing it")
     p.add_argument("--output", default=None, metavar="FILE", help="write the samples to FILE (UTF-8)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=default("float32"),
                    help="weights and cache precision (bfloat16: faster on CPUs that have it)")
-    p.add_argument("--compile", choices=["auto", "xla", "graph"], default="auto",
+    p.add_argument("--compile", choices=["auto", "xla", "graph"], default=default("auto"),
                    help="compile the decoding loop with XLA or as a TensorFlow graph (auto: per device)")
     add_text_flags(p, "of --prompt_file and --prompts")
     p.add_verbose()
@@ -88,9 +90,17 @@ def check_args(args):
     check_encoding(args.encoding)
     if args.output is not None:
         check_output_file(args.output, "--output", [f for f in (args.prompt_file, args.prompts) if f])
+    prepared = prepare(args)
+    args.litert = prepared.files.litert
+    if args.litert:
+        check_litert(prepared.files)
+        for flag in ("dtype", "compile"):
+            if is_given(getattr(args, flag)):
+                raise UsageError(f"--{flag} is for TensorFlow models; {prepared.files.name} is a LiteRT "
+                                 "model (its weights' precision was chosen when convert.py wrote it)")
     args.compile = {"auto": None, "xla": True, "graph": False}[args.compile]
-    args.dtype = None if args.dtype == "float32" else args.dtype
-    return prepare(args)
+    args.dtype = None if args.dtype == "float32" else str(args.dtype)
+    return prepared
 
 
 def parse_args(argv=None):
@@ -106,7 +116,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     return run_script("sample.py", make_parser, check_args, generate, (CheckpointError,),
-                      "the samples drawn so far were written", argv)
+                      "the samples drawn so far were written", argv, tensorflow=lambda args: not args.litert)
 
 
 def generate(args, prepared):
@@ -129,19 +139,10 @@ def generate(args, prepared):
 def run(args, out=None, prepared=None):
     """The samples of the checked flags, written to `out` (default stdout). `prepared`: what
     `prompts.prepare(args)` returned (default: it is called)."""
-    from gpt2_tf.devices import emulated_bfloat16, grow_gpu_memory
-    from gpt2_tf.model_files import load
-    from gpt2_tf.sample import Generator
-
     out = out or sys.stdout
     prepared = prepared or prepare(args)
-    grow_gpu_memory()
-    emulated = emulated_bfloat16() if args.dtype == "bfloat16" else None
-    if emulated:
-        print(f"warning: {emulated} has no bfloat16 arithmetic (it is emulated, slower than float32); leave "
-              "--dtype out", file=sys.stderr, flush=True)
-    model, hparams, _ = load(prepared.files, dtype=args.dtype)
-    writer = Samples(args, out, Generator(model, jit_compile=args.compile), prepared)
+    hparams = prepared.files.hparams
+    writer = Samples(args, out, make_generator(args, prepared.files), prepared)
     if not args.interactive:
         writer.write(prepared.texts, prepared.prompts, numbered=len(prepared.texts) > 1)
         return
@@ -166,6 +167,26 @@ def run(args, out=None, prepared=None):
             continue
         writer.write([text], [tokens], first_prompt=prompt_number)
         print("=" * 80, file=out)
+
+
+def make_generator(args, files):
+    """The generator of the model in `files`: LiteRT's for a LiteRT model (TensorFlow is never imported
+    then), else TensorFlow's, with --dtype and --compile."""
+    if files.litert:
+        from gpt2_tf.litert_runtime import LiteRTGenerator
+
+        return LiteRTGenerator(files.weights, files.hparams)
+    from gpt2_tf.devices import emulated_bfloat16, grow_gpu_memory
+    from gpt2_tf.model_files import load
+    from gpt2_tf.sample import Generator
+
+    grow_gpu_memory()
+    emulated = emulated_bfloat16() if args.dtype == "bfloat16" else None
+    if emulated:
+        print(f"warning: {emulated} has no bfloat16 arithmetic (it is emulated, slower than float32); leave "
+              "--dtype out", file=sys.stderr, flush=True)
+    model, _, _ = load(files, dtype=args.dtype)
+    return Generator(model, jit_compile=args.compile)
 
 
 class Samples:

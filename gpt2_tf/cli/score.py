@@ -15,11 +15,13 @@ from gpt2_tf.cli import (
     check_encoding,
     check_fits,
     check_output_file,
+    default,
     input_files,
     integer,
+    is_given,
     run_script,
 )
-from gpt2_tf.cli.model_flags import add_model_flags, check_model_flags
+from gpt2_tf.cli.model_flags import add_model_flags, check_litert, check_model_flags
 from gpt2_tf.files import is_stdout
 from gpt2_tf.score_report import table, to_json, write_html, write_json, write_tsv
 
@@ -41,7 +43,7 @@ def make_parser():
     p.add_argument("--show_documents", action="store_true",
                    help="with --per_line, print a row per document, not only the total")
     p.add_argument("--batch_size", type=integer(1), default=8, help="windows scored together")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=default("float32"),
                    help="weights and activations (bfloat16: faster on CPUs that have it, less exact)")
     p.add_argument("--json", metavar="FILE", help="write the documents' sums and the totals as JSON")
     p.add_argument("--tsv", metavar="FILE", help="write one row per scored token")
@@ -76,7 +78,12 @@ def check_args(args):
     for flag in ("json", "tsv", "html"):
         if getattr(args, flag):
             check_output_file(getattr(args, flag), f"--{flag}", files)
-    args.dtype = None if args.dtype == "float32" else args.dtype
+    if model.litert:
+        check_litert(model)
+        if is_given(args.dtype):
+            raise UsageError(f"--dtype is for TensorFlow models; {model.name} is a LiteRT model (its "
+                             "weights' precision was chosen when convert.py wrote it)")
+    args.dtype = None if args.dtype == "float32" else str(args.dtype)
     return files, model
 
 
@@ -106,9 +113,12 @@ def run(args, files, out=None, model=None):
 
     outputs = [getattr(args, flag) for flag in ("json", "tsv", "html") if getattr(args, flag)]
     out = out or (sys.stderr if any(is_stdout(path) for path in outputs) else sys.stdout)
-    grow_gpu_memory()
-    model, hparams, enc = load(model or find_model(args.model_name, args.models_dir, args.run_name,
-                                                   args.checkpoint_dir), dtype=args.dtype)
+    model_files = model or find_model(args.model_name, args.models_dir, args.run_name, args.checkpoint_dir)
+    if model_files.litert:
+        model, hparams, enc = model_files.weights, model_files.hparams, model_files.encoder()
+    else:
+        grow_gpu_memory()
+        model, hparams, enc = load(model_files, dtype=args.dtype)
     context = args.context or hparams.n_ctx
     stride = args.stride or context // 2
     documents = load_documents(enc, files, args.per_line, args.encoding, args.errors, hparams.n_vocab,
