@@ -36,6 +36,7 @@ class Signature:
     `view(name)` is a writable NumPy view of an input's buffer (drop it before `run`)."""
 
     def __init__(self, interp, key):
+        self.interpreter = interp  # kept alive: it owns the delegate and the buffers the views point into
         self.wrapper = interp._interpreter  # the signature's own subgraph, which SignatureRunner hides
         self.subgraph = self.wrapper.GetSubgraphIndexFromSignature(key)
         definition = interp._get_full_signature_list()[key]
@@ -73,7 +74,6 @@ class LiteRTGenerator(Drawing):
         interp = interpreter(path, threads)
         self.prompt = Signature(interp, "prompt")
         self.decode = Signature(interp, "decode")
-        self.interp = interp  # keeps the buffers the views point into
         self.depth = hparams.n_embd // hparams.n_head
 
     def start(self, prompts, length, temperature=1.0, top_k=0, top_p=1.0, seed=None, rows=None, keys=None,
