@@ -93,11 +93,14 @@ class LiteRTGenerator(Drawing):
         cache = [batch * hp.n_head, size, self.depth]
         self.decode.resize({"token": [batch], "position": [batch], "keys": [batch],
                             **{f"{kind}_{i}": cache for i in range(hp.n_layer) for kind in ("key", "value")}})
-        # present [B, L, 2, H, T, D] -> each layer's [B * H, T, D], at the start of its cache.
+        # present [B, L, 2, H, T, D] -> each layer's [B * H, T, D], at the start of its cache; the rest
+        # zeroed, for the attention weighs the positions it masks by 0 (and 0 x NaN from a reused
+        # buffer's garbage would be NaN).
         for i in range(hp.n_layer):
             for j, kind in enumerate(("key", "value")):
-                filled = present[:, i, j].reshape(-1, longest, self.depth)
-                self.decode.view(f"{kind}_{i}")[:, :longest] = filled
+                view = self.decode.view(f"{kind}_{i}")
+                view[:, :longest] = present[:, i, j].reshape(-1, longest, self.depth)
+                view[:, longest:] = 0
         state.tokens = np.zeros([batch, size + 1], np.int32)
         state.tokens[:, :longest] = padded
         state.tokens[np.arange(batch), lengths] = token

@@ -85,6 +85,18 @@ def test_float32_draws_are_sample_py_draws(tiny_litert, tiny_tf, settings):
     assert drawn(lite, PROMPTS[1:2], 16, rows=rows[1:2], **settings) == expected[1:2]
 
 
+def test_what_a_reused_buffer_held_never_reaches_the_draws(tiny_litert, tiny_tf):
+    """The cache's buffers are the interpreter's, reused from one generation to the next and
+    uninitialised when reallocated: whatever they held (here NaN everywhere) changes no token."""
+    model, hparams = tiny_tf
+    lite = litert_generator(tiny_litert["float32"], hparams)
+    expected = drawn(lite, PROMPTS, 12, top_k=40, seed=3)
+    for name in lite.decode.inputs:
+        if name.startswith(("key_", "value_")):
+            lite.decode.view(name)[...] = np.nan
+    assert drawn(lite, PROMPTS, 12, top_k=40, seed=3) == expected
+
+
 def test_sliding_window_goes_on_as_sample_py_does(tiny_litert, tiny_tf):
     """Past n_ctx, the window slides and the cache is rebuilt as in sample.py (decoding.Drawing)."""
     model, hparams = tiny_tf
