@@ -11,6 +11,10 @@ configuration runs in its own process; with --repeats N each is run N times and 
     bash bench/setup_peers.sh        # once: the peers' environments, outside the repository
     python bench/sample.py           # all of ours and both peers
     python bench/sample.py --only ours-xla-float32 --repeats 3
+    python bench/sample.py --only ours-xla-float32 ours-xla-float32-controls   # the generation controls
+
+`-controls`: every generation control on (repetition 1.2, frequency 0.5, presence 0.5, no-repeat 3,
+min_p 0.05), shown against the same configuration without them.
 
 The LiteRT and CTranslate2 models are converted once (convert.py's LiteRT writer; transformers'
 model through ct2-transformers-converter) and kept in GPT2_BENCH_ENVS.
@@ -32,8 +36,11 @@ CONFIGS = {
     "ours-xla-bfloat16": sys.executable,
     "ours-graph-bfloat16": sys.executable,
     "ours-xla-float32-ragged": sys.executable,
+    "ours-xla-float32-controls": sys.executable,
+    "ours-graph-float32-controls": sys.executable,
     "litert-int8": sys.executable,
     "litert-float32": sys.executable,
+    "litert-int8-controls": sys.executable,
     "hf-transformers": os.path.join(ENVS, "torch", "bin", "python"),
     "kerashub": os.path.join(ENVS, "kerashub", "bin", "python"),
     "ct2-float32": os.path.join(ENVS, "torch", "bin", "python"),
@@ -41,6 +48,15 @@ CONFIGS = {
 }
 PEERS = ("hf-transformers", "kerashub", "ct2-float32", "ct2-int8")
 BANDWIDTH_LIMIT_NOTE = "batch-1 fp32 bound: ~495 MB of weights read per token"
+
+
+def controls(on):
+    """`-controls`: every penalty on (docs/sample.md's figures), else none."""
+    from gpt2_tf.decoding import Controls
+
+    every = Controls(repetition_penalty=1.2, frequency_penalty=0.5, presence_penalty=0.5,
+                     no_repeat_ngram_size=3, min_p=0.05)
+    return every if on else None
 
 
 def prompt(batch, ragged=False):
@@ -80,7 +96,7 @@ def measure(first_token, generate, calls=3):
     return results
 
 
-def run_ours(compile_mode, dtype, ragged=False):
+def run_ours(compile_mode, dtype, ragged=False, with_controls=False):
     import tensorflow as tf
 
     from gpt2_tf.hparams import released
@@ -89,13 +105,14 @@ def run_ours(compile_mode, dtype, ragged=False):
 
     model = GPT2(released("124M"), dtype=dtype)
     generator = Generator(model, jit_compile=compile_mode == "xla")
+    settings = dict(top_k=TOP_K, seed=1, controls=controls(with_controls))
 
     def first_token(batch):
-        state = generator.start(prompt(batch, ragged), NEW, top_k=TOP_K, seed=1)
+        state = generator.start(prompt(batch, ragged), NEW, **settings)
         state.tokens.numpy()
 
     def generate(batch):
-        state = generator.start(prompt(batch, ragged), NEW, top_k=TOP_K, seed=1)
+        state = generator.start(prompt(batch, ragged), NEW, **settings)
         generator.extend(state, NEW - 1)
         state.new_tokens()
 
@@ -105,8 +122,11 @@ def run_ours(compile_mode, dtype, ragged=False):
 
 def litert_model(quantize):
     """The 124M shape with random weights (seed 0) as a LiteRT file, converted once."""
+    from gpt2_tf.litert_runtime import interpreter
+
     path = os.path.join(ENVS, f"litert-124M-{quantize}.tflite")
-    if not os.path.exists(path):
+    written = os.path.exists(path) and interpreter(path).get_signature_list()["decode"]["inputs"]
+    if "context" not in (written or ()):  # none yet, or written before the decode step read its context
         import tensorflow as tf
 
         from gpt2_tf.hparams import released
@@ -119,17 +139,18 @@ def litert_model(quantize):
     return path
 
 
-def run_litert(quantize):
+def run_litert(quantize, with_controls=False):
     from gpt2_tf.hparams import released
     from gpt2_tf.litert_runtime import LiteRTGenerator
 
     generator = LiteRTGenerator(litert_model(quantize), released("124M"))
+    settings = dict(top_k=TOP_K, seed=1, controls=controls(with_controls))
 
     def first_token(batch):
-        generator.start(prompt(batch), NEW, top_k=TOP_K, seed=1)
+        generator.start(prompt(batch), NEW, **settings)
 
     def generate(batch):
-        state = generator.start(prompt(batch), NEW, top_k=TOP_K, seed=1)
+        state = generator.start(prompt(batch), NEW, **settings)
         generator.extend(state, NEW - 1)
 
     return measure(first_token, generate)
@@ -215,11 +236,13 @@ def run_kerashub():
 
 def worker(name):
     if name.startswith("ours-"):
-        _, mode, dtype, *ragged = name.split("-")
-        return run_ours(mode, dtype, bool(ragged))
-    if name.startswith(("litert-", "ct2-")):
-        runtime, precision = name.split("-")
-        return (run_litert if runtime == "litert" else run_ct2)(precision)
+        _, mode, dtype, *options = name.split("-")
+        return run_ours(mode, dtype, "ragged" in options, "controls" in options)
+    if name.startswith("litert-"):
+        _, precision, *options = name.split("-")
+        return run_litert(precision, "controls" in options)
+    if name.startswith("ct2-"):
+        return run_ct2(name.split("-")[1])
     return {"hf-transformers": run_hf, "kerashub": run_kerashub}[name]()
 
 
@@ -259,14 +282,17 @@ def main():
     against = [("best peer", lambda b: max(p[b]["tokens_per_s"] for p in peers) if peers else None)]
     against += [(ref, lambda b, ref=ref: rows[ref][b]["tokens_per_s"])
                 for ref in ("ours-xla-float32", "ct2-int8") if ref in rows]
+    # and a -controls row against the same configuration without them
+    against.append(("no controls", lambda b, name: rows.get(name.replace("-controls", ""), {}).get(b, {})
+                    .get("tokens_per_s") if name.endswith("-controls") else None))
     heads = "".join(f" {f'b{b} vs {title}':>22}" for title, _ in against for b in ("1", "8"))
     print(f"\n{'configuration':24} {'b1 tok/s':>9} {'b8 tok/s':>9} {'ttft cold':>10} {'ttft warm':>10}"
           + heads)
     for name, r in rows.items():
         ratios = ""
-        for _, reference in against:
+        for title, reference in against:
             for b in ("1", "8"):
-                base = reference(b)
+                base = reference(b, name) if title == "no controls" else reference(b)
                 ratios += f" {r[b]['tokens_per_s'] / base:>21.2f}x" if base else f" {'-':>22}"
         print(f"{name:24} {r['1']['tokens_per_s']:9.1f} {r['8']['tokens_per_s']:9.1f} "
               f"{r['1']['ttft_cold']:9.2f}s {r['1']['ttft_warm']:9.3f}s{ratios}")

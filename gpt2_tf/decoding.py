@@ -7,6 +7,8 @@ prompts and draws the first token of each row) and `extend(state, n)` (draws n m
 and `slide` are the loop over them.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 # Prompts are padded up to a multiple of this, so that prompts of different lengths share one
@@ -26,6 +28,31 @@ def sample_keys(seed, rows):
     stream in any batch, at any batch size."""
     return np.array([np.random.SeedSequence([seed, p, s]).generate_state(1)[0] for p, s in rows],
                     np.uint32).view(np.int32)
+
+
+class Controls(NamedTuple):
+    """The generation controls besides temperature, top-k and top-p, each off by default (controls.py
+    applies them, in the order its docstring gives). Hashable: a compiled loop is made per value."""
+
+    repetition_penalty: float = 1.0  # CTRL's, over the context (prompt and drawn tokens)
+    frequency_penalty: float = 0.0  # OpenAI's, per time a token was drawn
+    presence_penalty: float = 0.0  # OpenAI's, once for a token drawn at all
+    no_repeat_ngram_size: int = 0  # no n-gram of the context drawn again
+    min_p: float = 0.0  # keep tokens at least this times as likely as the most likely one
+    logit_bias: tuple = ()  # ((token id, value), ...) added to the logits
+    banned: tuple = ()  # token sequences (tuples of ids) never completed
+    logprobs: int = None  # with a number n: each drawn token's log-probability and the n most likely
+
+
+def banned_table(banned):
+    """Banned token sequences as arrays: (prefixes [K, M] int32, each sequence but its last token,
+    right-aligned and padded on the left with -1; ends [K] int32, each one's last token)."""
+    width = max(1, max(len(s) for s in banned) - 1)
+    prefixes = np.full([len(banned), width], -1, np.int32)
+    for k, sequence in enumerate(banned):
+        if len(sequence) > 1:
+            prefixes[k, width - len(sequence) + 1:] = sequence[:-1]
+    return prefixes, np.array([s[-1] for s in banned], np.int32)
 
 
 class Drawing:
@@ -49,9 +76,10 @@ class Drawing:
         return prompts, lengths, size, keys
 
     def draws(self, prompts, length, temperature=1.0, top_k=0, top_p=1.0, seed=None, rows=None,
-              window_shift=None, chunk=None):
+              window_shift=None, chunk=None, controls=None):
         """Draw `length` tokens after each prompt; yields the GenerationState after the first token and
         after each further `chunk` tokens (default: all the rest at once). The caller may stop early.
+        `controls`: a Controls (default: none on).
 
         Without window_shift, each prompt and its new tokens fit the model: at most n_ctx + 1 tokens
         (the last is never fed back). With it, `length` may be anything: when a row's next position
@@ -66,7 +94,7 @@ class Drawing:
             raise ValueError(f"cannot draw {length} tokens after {longest}: the model sees at most "
                              f"n_ctx = {n_ctx} positions")
         segment = min(length, n_ctx + 1 - longest)
-        state = self.start(prompts, segment, temperature, top_k, top_p, seed, rows)
+        state = self.start(prompts, segment, temperature, top_k, top_p, seed, rows, controls=controls)
         done = 1
         yield state
         while done < length:
@@ -85,16 +113,18 @@ class Drawing:
         the cache, and the next token is drawn from the same random streams. `remaining`: the tokens
         still wanted. Returns (the new state, the tokens its cache is sized for)."""
         n_ctx = self.hparams.n_ctx
-        contexts, earlier = [], []
-        for before, row in zip(state.earlier, state.window()):
-            if len(row) > n_ctx:
-                cut = len(row) - (n_ctx - window_shift)
-                before, row = np.concatenate([before, row[:cut]]), row[cut:]
+        contexts, earlier, drawn_from = [], [], []
+        for before, row, first in zip(state.earlier, state.window(), state.drawn_from):
+            cut = len(row) - (n_ctx - window_shift) if len(row) > n_ctx else 0
+            before, row = np.concatenate([before, row[:cut]]), row[cut:]
             contexts.append(row)
             earlier.append(before)
+            drawn_from.append(max(0, first - cut))
         segment = min(remaining, n_ctx + 1 - max(len(c) for c in contexts))
-        new = self.start(contexts, segment, *state.options, keys=state.keys, step=state.step + state.drawn)
+        new = self.start(contexts, segment, *state.options, keys=state.keys, step=state.step + state.drawn,
+                         controls=state.controls, drawn_from=np.array(drawn_from, np.int32))
         new.prompt_lengths, new.earlier = state.prompt_lengths, earlier
+        new.earlier_scores = state.drawn_scores() if state.scores else None
         return new, segment
 
 
@@ -102,14 +132,20 @@ class Drawing:
 
 class GenerationState:
     """What a Generator needs to go on: the token buffer, the cache, each row's prompt length and
-    random stream, and how many tokens each row has drawn (the same for every row)."""
+    random stream, and how many tokens each row has drawn (the same for every row). With
+    controls.logprobs, `scores` holds the log-probabilities of the tokens in the buffer."""
 
-    def __init__(self, keys, lengths, options):
+    def __init__(self, keys, lengths, options, controls=None, drawn_from=None):
         self.keys = keys
         self.lengths = lengths  # of each row's prompt in the buffer (its window, once it slid)
         self.options = options
+        self.controls = controls or Controls()
+        # where each row's drawn tokens begin in the buffer (before `lengths` once the window slid)
+        self.drawn_from = lengths if drawn_from is None else drawn_from
         self.tokens = None
         self.cache = None
+        self.scores = ()  # (token's [B, S + 1], the n largest [B, S + 1, n], their ids), at each token
+        self.earlier_scores = None  # drawn_scores() of the tokens drawn before the window slid
         self.step = 0  # tokens drawn before the window slid
         self.drawn = 0  # tokens drawn into this buffer
         self.prompt_lengths = lengths  # of the prompts first given
@@ -127,6 +163,18 @@ class GenerationState:
     def new_tokens(self):
         """The tokens drawn so far, [B, drawn in all]."""
         return np.stack([row[n:] for row, n in zip(self.rows(), self.prompt_lengths)])
+
+    def drawn_scores(self):
+        """With controls.logprobs: each row's (log-probability of each token drawn so far [drawn in
+        all], the n largest at each [drawn in all, n], their ids [drawn in all, n])."""
+        chosen, values, ids = (np.asarray(t) for t in self.scores)
+        rows = []
+        for b, n in enumerate(self.lengths):
+            now = [t[b, n:n + self.drawn] for t in (chosen, values, ids)]
+            if self.earlier_scores is not None:
+                now = [np.concatenate([before, t]) for before, t in zip(self.earlier_scores[b], now)]
+            rows.append(now)
+        return rows
 
     def numpy(self):
         """The prompts and drawn tokens, [B, T + drawn], when all prompts have the same length T."""

@@ -1,5 +1,9 @@
 """Text from a Generator: stop strings that end a row, and streaming row 0's text as it is made."""
 
+from typing import NamedTuple
+
+import numpy as np
+
 from gpt2_tf.checkpoint_files import CheckpointError
 
 # When text has to be checked (stop strings) or shown while it is made, tokens are drawn in chunks
@@ -29,20 +33,37 @@ class Stops:
 
 
 def generate_texts(generator, enc, contexts, length, temperature=1.0, top_k=0, top_p=1.0, seed=None,
-                   stops=(), stream=None, rows=None, window_shift=None):
+                   stops=(), stream=None, rows=None, window_shift=None, controls=None):
     """Draw `length` tokens after each context (token lists, of any lengths); returns the new text of
-    each row.
+    each row (generate_samples' texts)."""
+    return [s.text for s in generate_samples(generator, enc, contexts, length, temperature, top_k, top_p,
+                                             seed, stops, stream, rows, window_shift, controls)]
 
-    A row whose text contains one of `stops` ends there (the stop string and what follows are cut),
-    and drawing ends once every row has ended; until then an ended row is drawn with the others.
-    `stream(piece)` receives row 0's text as it is made. `rows` and `window_shift`: see
-    `Generator.draws`.
+
+class Sample(NamedTuple):
+    """A row's new text, the tokens it is made of, and with controls.logprobs, their scores: (each
+    token's log-probability [n], the most likely ones' [n, N], their ids [n, N])."""
+
+    text: str
+    tokens: list
+    scores: tuple = None
+
+
+def generate_samples(generator, enc, contexts, length, temperature=1.0, top_k=0, top_p=1.0, seed=None,
+                     stops=(), stream=None, rows=None, window_shift=None, controls=None):
+    """Draw `length` tokens after each context (token lists, of any lengths); returns a Sample per row.
+
+    A row whose text contains one of `stops` ends there (the stop string and what follows are cut,
+    and the tokens with them: a Sample keeps the tokens whose bytes lie wholly in its text), and
+    drawing ends once every row has ended; until then an ended row is drawn with the others.
+    `stream(piece)` receives row 0's text as it is made. `rows`, `window_shift` and `controls` (a
+    decoding.Controls): see `Generator.draws`.
     """
     stops = Stops(stops)
     chunked = bool(stops.stops) or stream is not None
     shown = 0
     for state in generator.draws(contexts, length, temperature, top_k, top_p, seed, rows, window_shift,
-                                 chunk=CHUNK if chunked else None):
+                                 chunk=CHUNK if chunked else None, controls=controls):
         tokens = state.new_tokens()
         outside = tokens[(tokens < 0) | (tokens >= len(enc.decoder))]
         if outside.size:
@@ -60,4 +81,15 @@ def generate_texts(generator, enc, contexts, length, temperature=1.0, top_k=0, t
                 stream(text[shown:])
                 shown = len(text)
         if done:
-            return list(texts)
+            scores = state.drawn_scores() if state.scores else [None] * len(texts)
+            samples = []
+            for text, row, score, cut in zip(texts, tokens, scores, ended):
+                kept = within(enc, row, text) if cut else len(row)
+                samples.append(Sample(text, row[:kept].tolist(), score and tuple(t[:kept] for t in score)))
+            return samples
+
+
+def within(enc, tokens, text):
+    """How many of `tokens` lie wholly within `text`, the start of their decoded text."""
+    ends = np.cumsum([len(enc.decoder[t]) for t in tokens])  # a byte per character of a token's string
+    return int(np.searchsorted(ends, len(text.encode("utf-8")), side="right"))

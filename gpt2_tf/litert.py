@@ -7,20 +7,26 @@ LiteRT ops only (no Flex ops), int8 weights by default:
     inputs  tokens [B, T] int32, right-padded prompts; last [B] int32, each row's last prompt token
             (its length - 1); and the settings below.
     outputs token [B] int32, the token drawn after each prompt; present [B, L, 2, H, T, D] float32,
-            the keys and values of the T positions (as the original model's `present`).
+            the keys and values of the T positions (as the original model's `present`); and the
+            scores below.
 - `decode`: one new token per row.
     inputs  token [B] int32, each row's last token; position [B] int32, its position (also the
-            number of cache positions filled before it); key_0 .. key_{L-1} and value_0 ..
+            number of cache positions filled before it); context [B, S + 1] int32, each row's tokens
+            (token at `position` and those before it are read); key_0 .. key_{L-1} and value_0 ..
             value_{L-1} [B * H, S, D] float32, the cache (row b's head h is row b * H + h); the
             settings below.
     outputs next [B] int32, the token drawn; new [L, 2, B * H, D] float32, the keys and values of
-            the fed token, which the caller writes at `position` in the cache.
+            the fed token, which the caller writes at `position` in the cache; and the scores below.
 - `score` and `score_details`: score.py's next_token_scores (see there).
     inputs  inputs [B, T] int32, targets [B, T] int32 (the token after each input).
     outputs loss [B, T] float32 (-log p of the target), correct [B, T] bool; score_details also
             rank [B, T] int32, entropy [B, T] float32, top_ids [B, T, 5] int32, top_probs [B, T, 5].
 - Settings, scalars as in sample.py: temperature float32 (0: greedy), top_k int32 (0: off), top_p
-  float32 (1: off); and the random streams: keys [B] int32, draw int32 (see streams.py).
+  float32 (1: off); the random streams: keys [B] int32, draw int32 (see streams.py); the generation
+  controls (controls.INPUTS: repetition_penalty ... banned, logprobs n), with drawn_from [B] int32,
+  where each row's drawn tokens begin.
+- Scores: token_logprob [B] float32, the model's log-probability of the token drawn; top_logprobs
+  [B, n] float32 and top_ids [B, n] int32, the n most likely tokens' (controls.top_logprobs).
 
 The cache stays where the interpreter keeps its inputs: a decoding step reads it there and returns
 only the new position's keys and values, which the caller writes into the input buffers in place
@@ -39,6 +45,7 @@ import tempfile
 
 import tensorflow as tf
 
+from gpt2_tf.controls import controlled, from_inputs, input_specs, top_logprobs
 from gpt2_tf.files import atomic_write
 from gpt2_tf.model import gelu, plain_formulas, softmax
 from gpt2_tf.sample import choose
@@ -47,10 +54,10 @@ from gpt2_tf.score import next_token_scores
 QUANTIZATIONS = ("int8", "float32")
 
 
-def prompt_step(model, tokens, last, keys, draw, temperature, top_k, top_p):
+def prompt_step(model, tokens, last, settings, controls):
     """The `prompt` signature: the original model's forward pass over the prompts, the logits of each
     row's last token only, and the first draw. tokens [B, T], last [B] -> {"token" [B], "present"
-    [B, L, 2, H, T, D]}."""
+    [B, L, 2, H, T, D], and the scores}."""
     h, wte = model.embed(tokens, 0)
     presents = []
     for block in model.blocks:
@@ -58,14 +65,23 @@ def prompt_step(model, tokens, last, keys, draw, temperature, top_k, top_p):
         presents.append(present)
     h = tf.gather(h, last[:, None], batch_dims=1)[:, 0]  # [B, C]
     logits = model.logits(model.ln_f(h), wte)
-    return {"token": choose(logits, temperature, top_k, top_p, keys, draw),
-            "present": tf.stack(presents, axis=1)}
+    return {**draw(logits, tokens, last + 1, settings, controls), "present": tf.stack(presents, axis=1)}
 
 
-def decode_step(model, token, position, keys, draw, temperature, top_k, top_p, cache):
-    """The `decode` signature: one token per row through every block. token, position [B]; cache: L
-    pairs (keys, values) of [B * H, S, D] whose first position[b] positions of row b are filled ->
-    {"next" [B], "new" [L, 2, B * H, D]}."""
+def draw(logits, context, length, settings, controls):
+    """sample.py's draw after logits [B, V], the controls applied over context [B, S] (length [B]):
+    {"token" [B], and the scores}."""
+    drawn_from, keys, step, temperature, top_k, top_p = settings
+    token = choose(controlled(logits, controls, context, length, drawn_from), temperature, top_k, top_p, keys,
+                   step, min_p=controls.min_p)
+    chosen, values, ids = top_logprobs(logits, token, controls.logprobs)
+    return {"token": token, "token_logprob": chosen, "top_logprobs": values, "top_ids": ids}
+
+
+def decode_step(model, token, position, context, settings, controls, cache):
+    """The `decode` signature: one token per row through every block. token, position [B]; context
+    [B, S + 1]; cache: L pairs (keys, values) of [B * H, S, D] whose first position[b] positions of
+    row b are filled -> {"next" [B], "new" [L, 2, B * H, D], and the scores}."""
     hp = model.hparams
     wte = model.wte
     h = tf.gather(wte, token) + tf.gather(model.wpe, position)  # [B, C]
@@ -77,7 +93,8 @@ def decode_step(model, token, position, keys, draw, temperature, top_k, top_p, c
         h = h + dense(block.mlp.c_proj, gelu(dense(block.mlp.c_fc, block.ln_2(h))))
         new.append(tf.stack([k, v]))
     logits = model.logits(model.ln_f(h), wte)
-    return {"next": choose(logits, temperature, top_k, top_p, keys, draw), "new": tf.stack(new)}
+    scores = draw(logits, context, position + 1, settings, controls)
+    return {"next": scores.pop("token"), **scores, "new": tf.stack(new)}
 
 
 def one_token_attention(attn, x, past_k, past_v, filled):
@@ -111,17 +128,25 @@ def signatures(model):
     depth = hp.n_embd // hp.n_head
     i32, f32 = tf.int32, tf.float32
     rows = tf.TensorSpec([None], i32)
-    settings = dict(keys=rows, draw=tf.TensorSpec([], i32), temperature=tf.TensorSpec([], f32),
-                    top_k=tf.TensorSpec([], i32), top_p=tf.TensorSpec([], f32))
+    settings = dict(drawn_from=rows, keys=rows, draw=tf.TensorSpec([], i32),
+                    temperature=tf.TensorSpec([], f32), top_k=tf.TensorSpec([], i32),
+                    top_p=tf.TensorSpec([], f32), **{spec.name: spec for spec in input_specs()})
     cache = tf.TensorSpec([None, None, depth], f32)
     cache_specs = {f"{kind}_{i}": cache for i in range(hp.n_layer) for kind in ("key", "value")}
 
-    def prompt(tokens, last, keys, draw, temperature, top_k, top_p):
-        return prompt_step(model, tokens, last, keys, draw, temperature, top_k, top_p)
+    def split(inputs):
+        """(the sampling settings, the controls) of the signature's inputs."""
+        sampling = tuple(inputs.pop(name) for name in ("drawn_from", "keys", "draw", "temperature", "top_k",
+                                                       "top_p"))
+        return sampling, from_inputs(*(inputs.pop(spec.name) for spec in input_specs()))
 
-    def decode(token, position, keys, draw, temperature, top_k, top_p, **caches):
-        cache = [(caches[f"key_{i}"], caches[f"value_{i}"]) for i in range(hp.n_layer)]
-        return decode_step(model, token, position, keys, draw, temperature, top_k, top_p, cache)
+    def prompt(tokens, last, **inputs):
+        return prompt_step(model, tokens, last, *split(inputs))
+
+    def decode(token, position, context, **inputs):
+        sampling, controls = split(inputs)
+        cache = [(inputs[f"key_{i}"], inputs[f"value_{i}"]) for i in range(hp.n_layer)]
+        return decode_step(model, token, position, context, sampling, controls, cache)
 
     def scores(details):
         return lambda inputs, targets: next_token_scores(model, inputs, targets, details)
@@ -133,7 +158,8 @@ def signatures(model):
             "prompt": tf.function(prompt, autograph=False).get_concrete_function(
                 tokens=tf.TensorSpec([None, None], i32), last=rows, **settings),
             "decode": tf.function(decode, autograph=False).get_concrete_function(
-                token=rows, position=rows, **settings, **cache_specs),
+                token=rows, position=rows, context=tf.TensorSpec([None, None], i32), **settings,
+                **cache_specs),
             **{name: tf.function(scores(details), autograph=False).get_concrete_function(
                 inputs=tf.TensorSpec([None, None], i32), targets=tf.TensorSpec([None, None], i32))
                for name, details in (("score", False), ("score_details", True))},

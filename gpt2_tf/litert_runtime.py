@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from gpt2_tf.decoding import Drawing, GenerationState
+from gpt2_tf.decoding import Controls, Drawing, GenerationState
 
 INSTALL = "pip install 'gpt2-tf[litert]'"
 
@@ -77,7 +77,7 @@ class LiteRTGenerator(Drawing):
         self.depth = hparams.n_embd // hparams.n_head
 
     def start(self, prompts, length, temperature=1.0, top_k=0, top_p=1.0, seed=None, rows=None, keys=None,
-              step=0):
+              step=0, controls=None, drawn_from=None):
         """As sample.Generator.start."""
         hp = self.hparams
         prompts, lengths, size, keys = self.prepared(prompts, length, seed, rows, keys)
@@ -85,13 +85,16 @@ class LiteRTGenerator(Drawing):
         padded = np.zeros([batch, longest], np.int32)
         for b, p in enumerate(prompts):
             padded[b, :len(p)] = p
-        state = GenerationState(keys, lengths, (temperature, top_k, top_p))
-        state.settings = settings(temperature, top_k, top_p)
-        self.prompt.resize({"tokens": [batch, longest], "last": [batch], "keys": [batch]})
-        token, present = self.prompt.run(["token", "present"], tokens=padded, last=lengths - 1, keys=keys,
-                                         draw=np.array(step, np.int32), **state.settings)
+        state = GenerationState(keys, lengths, (temperature, top_k, top_p), controls, drawn_from)
+        state.settings = {**settings(temperature, top_k, top_p, state.controls), "keys": keys,
+                          "drawn_from": np.asarray(state.drawn_from, np.int32)}
+        shapes = {name: value.shape for name, value in state.settings.items()}
+        self.prompt.resize({"tokens": [batch, longest], "last": [batch], **shapes})
+        token, present, *scores = self.prompt.run(["token", "present", *SCORES], tokens=padded,
+                                                  last=lengths - 1, draw=np.array(step, np.int32),
+                                                  **state.settings)
         cache = [batch * hp.n_head, size, self.depth]
-        self.decode.resize({"token": [batch], "position": [batch], "keys": [batch],
+        self.decode.resize({"token": [batch], "position": [batch], "context": [batch, size + 1], **shapes,
                             **{f"{kind}_{i}": cache for i in range(hp.n_layer) for kind in ("key", "value")}})
         # present [B, L, 2, H, T, D] -> each layer's [B * H, T, D], at the start of its cache; the rest
         # zeroed, for the attention weighs the positions it masks by 0 (and 0 x NaN from a reused
@@ -104,6 +107,12 @@ class LiteRTGenerator(Drawing):
         state.tokens = np.zeros([batch, size + 1], np.int32)
         state.tokens[:, :longest] = padded
         state.tokens[np.arange(batch), lengths] = token
+        if state.controls.logprobs is not None:
+            n = state.controls.logprobs
+            state.scores = (np.zeros([batch, size + 1], np.float32),
+                            np.zeros([batch, size + 1, n], np.float32),
+                            np.zeros([batch, size + 1, n], np.int32))
+            write_scores(state.scores, scores, lengths)
         state.step = step
         state.drawn = 1
         state.cache = self
@@ -123,9 +132,13 @@ class LiteRTGenerator(Drawing):
         for _ in range(n):
             # [B]: each row's last token, not yet in the cache
             position = (state.lengths + state.drawn - 1).astype(np.int32)
-            token, new = self.decode.run(["next", "new"], token=state.tokens[batch, position],
-                                         position=position, keys=state.keys,
-                                         draw=np.array(state.step + state.drawn, np.int32), **state.settings)
+            token, new, *scores = self.decode.run(["next", "new", *SCORES],
+                                                  token=state.tokens[batch, position], position=position,
+                                                  context=state.tokens,
+                                                  draw=np.array(state.step + state.drawn, np.int32),
+                                                  **state.settings)
+            if state.scores:
+                write_scores(state.scores, scores, position + 1)
             at = np.repeat(position, self.hparams.n_head)
             for layer in range(self.hparams.n_layer):
                 self.decode.view(f"key_{layer}")[heads, at] = new[layer, 0]
@@ -148,7 +161,31 @@ class LiteRTScorer:
         return dict(zip(names, self.signature.run(names, inputs=inputs, targets=targets)))
 
 
-def settings(temperature, top_k, top_p):
-    """The sampling settings as the signatures take them (scalars)."""
-    return {"temperature": np.array(temperature, np.float32), "top_k": np.array(top_k, np.int32),
-            "top_p": np.array(top_p, np.float32)}
+SCORES = ("token_logprob", "top_logprobs", "top_ids")
+
+
+def write_scores(buffers, scores, positions):
+    """Write one step's scores (token_logprob [B], top_logprobs and top_ids [B, n]) into the state's
+    buffers ([B, S + 1], [B, S + 1, n] twice) at positions [B]."""
+    rows = np.arange(len(positions))
+    for buffer, score in zip(buffers, scores):
+        buffer[rows, positions] = score if score.ndim == 1 else score[:, :buffer.shape[2]]
+
+
+def settings(temperature, top_k, top_p, controls=None):
+    """The sampling settings and the generation controls (a decoding.Controls) as the signatures
+    take them (controls.INPUTS: what is off given its off value)."""
+    c = controls or Controls()
+    bias = c.logit_bias or ((0, 0.0),)
+    banned = np.full([max(1, len(c.banned)), max([1, *map(len, c.banned)])], -1, np.int32)
+    for k, sequence in enumerate(c.banned):
+        banned[k, :len(sequence)] = sequence
+    f32, i32 = np.float32, np.int32
+    return {"temperature": np.array(temperature, f32), "top_k": np.array(top_k, i32),
+            "top_p": np.array(top_p, f32), "repetition_penalty": np.array(c.repetition_penalty, f32),
+            "frequency_penalty": np.array(c.frequency_penalty, f32),
+            "presence_penalty": np.array(c.presence_penalty, f32),
+            "no_repeat_ngram_size": np.array(c.no_repeat_ngram_size, i32), "min_p": np.array(c.min_p, f32),
+            "logit_bias_ids": np.array([i for i, _ in bias], i32),
+            "logit_bias_values": np.array([v for _, v in bias], f32), "banned": banned,
+            "logprobs": np.array(max(1, c.logprobs or 0), i32)}  # LiteRT reads no empty output

@@ -11,6 +11,15 @@ signatures:
     score            input_ids int32 [B, T], lengths int32 [B] -> log_probs float32 [B, T]
     tokenize         prompt tf.string [B] -> input_ids int32 [B, T], lengths int32 [B]
     generate_ids_xla generate_ids, compiled by XLA (faster on a CPU, where the runtime has XLA)
+    generate_controls, generate_ids_controls
+                     serving_default and generate_ids with the generation controls too (controls.py):
+                     repetition_penalty float32 [], frequency_penalty float32 [], presence_penalty
+                     float32 [], no_repeat_ngram_size int32 [], min_p float32 [], logit_bias_ids int32
+                     [N], logit_bias_values float32 [N], banned int32 [K, M] (token sequences padded
+                     on the right with -1), logprobs int32 [] (n); and they return besides
+                     token_logprobs float32 [B, max_new_tokens], top_logprobs float32 [B,
+                     max_new_tokens, n] and top_ids int32 [B, max_new_tokens, n] (the model's own
+                     distribution, as sample.py --logprobs)
 
 Everything runs as a TensorFlow graph: the tokenizer (graph_encoder.py), the prompt step and the
 decoding loop of sample.py (a preallocated cache, a tf.while_loop bounded by max_new_tokens), and
@@ -21,9 +30,10 @@ import os
 
 import tensorflow as tf
 
+from gpt2_tf.controls import from_inputs, input_specs
 from gpt2_tf.decoding import BUCKET, bucketed
 from gpt2_tf.graph_encoder import GraphEncoder
-from gpt2_tf.sample import decode_steps, prompt_step
+from gpt2_tf.sample import NO_CONTROLS, decode_steps, prompt_step
 from gpt2_tf.score import next_token_scores
 from gpt2_tf.streams import batch_keys
 
@@ -41,12 +51,20 @@ def signatures(model, text, eot):
     settings = [tf.TensorSpec([], dtype, name) for name, dtype in (
         ("max_new_tokens", tf.int32), ("temperature", tf.float32), ("top_k", tf.int32), ("top_p", tf.float32),
         ("seed", tf.int32))]
+    controls = input_specs()
     prompt = [tf.TensorSpec([None], tf.string, "prompt")]
     ids = [tf.TensorSpec([None, None], tf.int32, "input_ids"), tf.TensorSpec([None], tf.int32, "lengths")]
+    n = len(settings)
     functions = {
         "serving_default": (lambda *a: serve(model, text, eot, *a), prompt + settings),
         "generate_ids": (lambda *a: generate_ids(model, eot, *a), ids + settings),
         "generate_ids_xla": (lambda *a: generate_ids(model, eot, *a, xla=True), ids + settings),
+        "generate_controls": (
+            lambda *a: serve(model, text, eot, *a[:n + 1], controls=from_inputs(*a[n + 1:])),
+            prompt + settings + controls),
+        "generate_ids_controls": (
+            lambda *a: generate_ids(model, eot, *a[:n + 2], controls=from_inputs(*a[n + 2:])),
+            ids + settings + controls),
         "score": (lambda *a: score(model, eot, *a), ids),
         "tokenize": (lambda *a: tokenize(text, *a), prompt),
     }
@@ -60,18 +78,22 @@ def tokenize(text, prompt):
     return {"input_ids": ids.to_tensor(), "lengths": tf.cast(ids.row_lengths(), tf.int32)}
 
 
-def serve(model, text, eot, prompt, max_new_tokens, temperature, top_k, top_p, seed):
-    """prompt [B] and the settings -> text [B], token_ids [B, max_new_tokens], lengths [B]."""
+def serve(model, text, eot, prompt, max_new_tokens, temperature, top_k, top_p, seed, controls=NO_CONTROLS):
+    """prompt [B] and the settings -> text [B], token_ids [B, max_new_tokens], lengths [B] (and as
+    generate_ids' with controls)."""
     tokens = tokenize(text, prompt)
     out = generate_ids(model, eot, tokens["input_ids"], tokens["lengths"], max_new_tokens, temperature, top_k,
-                       top_p, seed)
+                       top_p, seed, controls=controls)
     kept = tf.RaggedTensor.from_tensor(out["token_ids"], lengths=out["lengths"])
     return {"text": text.decode(kept), **out}
 
 
-def generate_ids(model, eot, input_ids, lengths, max_new_tokens, temperature, top_k, top_p, seed, xla=False):
+def generate_ids(model, eot, input_ids, lengths, max_new_tokens, temperature, top_k, top_p, seed, xla=False,
+                 controls=NO_CONTROLS):
     """input_ids [B, T] (right-padded), lengths [B] and the settings -> token_ids [B, max_new_tokens],
     lengths [B]: sample.py's prompt step and decoding loop, stopped once every row has drawn `eot`.
+    With controls.logprobs (a tensor n), also token_logprobs [B, max_new_tokens], top_logprobs and
+    top_ids [B, max_new_tokens, n] (0 past a row's end).
 
     With `xla`, the prompt step and the loop are compiled by XLA when first called with a shape; the
     prompt and the cache are then padded to multiples of decoding.BUCKET positions, so that few shapes
@@ -101,20 +123,27 @@ def generate_ids(model, eot, input_ids, lengths, max_new_tokens, temperature, to
         width = bucketed(longest, n_ctx, tf.minimum)
         input_ids = tf.pad(input_ids, [[0, 0], [0, BUCKET]])
     decode = tf.function(_decode, jit_compile=True, autograph=False) if xla else _decode
-    tokens = decode(model, eot, input_ids[:, :width], lengths, size, batch_keys(seed, batch), max_new_tokens,
-                    temperature, top_k, top_p, xla)
-    new = tf.gather(tokens, lengths[:, None] + tf.range(max_new_tokens)[None], batch_dims=1)
+    tokens, scores = decode(model, eot, input_ids[:, :width], lengths, size, batch_keys(seed, batch),
+                            max_new_tokens, temperature, top_k, top_p, xla, controls)
+    at = lengths[:, None] + tf.range(max_new_tokens)[None]  # [B, max_new_tokens]: the new tokens' places
+    new = tf.gather(tokens, at, batch_dims=1)
     ended = tf.cumsum(tf.cast(new == eot, tf.int32), axis=1) > 0
-    return {"token_ids": tf.where(ended, eot, new),
-            "lengths": max_new_tokens - tf.reduce_sum(tf.cast(ended, tf.int32), axis=1)}
+    out = {"token_ids": tf.where(ended, eot, new),
+           "lengths": max_new_tokens - tf.reduce_sum(tf.cast(ended, tf.int32), axis=1)}
+    for name, score in zip(("token_logprobs", "top_logprobs", "top_ids"), scores):
+        score = tf.gather(score, at, batch_dims=1)
+        past = ended if score.shape.rank == 2 else ended[..., None]
+        out[name] = tf.where(past, tf.zeros_like(score), score)
+    return out
 
 
-def _decode(model, eot, prompts, lengths, size, keys, n, temperature, top_k, top_p, xla):
-    """sample.py's prompt step and decoding loop: tokens [B, size + 1]."""
-    tokens, cache = prompt_step(model, prompts, lengths, size, keys, 0, temperature, top_k, top_p, xla=xla)
-    tokens, _ = decode_steps(model, tokens, cache, lengths, 1, n - 1, keys, 1, temperature, top_k, top_p,
-                              xla=xla, ragged=True, end=eot)
-    return tokens
+def _decode(model, eot, prompts, lengths, size, keys, n, temperature, top_k, top_p, xla, controls):
+    """sample.py's prompt step and decoding loop: (tokens [B, size + 1], scores as prompt_step's)."""
+    tokens, cache, scores = prompt_step(model, prompts, lengths, size, keys, 0, temperature, top_k, top_p,
+                                        xla=xla, controls=controls)
+    tokens, _, scores = decode_steps(model, tokens, cache, lengths, 1, n - 1, keys, 1, temperature, top_k,
+                                     top_p, xla=xla, ragged=True, end=eot, scores=scores, controls=controls)
+    return tokens, scores
 
 
 def score(model, eot, input_ids, lengths):

@@ -30,6 +30,16 @@ def tiny_model(tmp_path_factory, vocab_dir):
     return str(models_dir), "tiny", weights
 
 
+@pytest.fixture(scope="module")
+def tiny(tiny_model):
+    """(model, hparams, weights): the tiny model loaded, and its weights as written."""
+    from gpt2_tf.checkpoint import load_model
+
+    models_dir, name, weights = tiny_model
+    model, hparams = load_model(os.path.join(models_dir, name))
+    return model, hparams, weights
+
+
 def small_file_system(folder, size, read_only=False):
     """Mount a tmpfs of `size` (e.g. "24m") at `folder`, read-only if asked; False where mounting is not
     allowed (not root, or a container without the right)."""

@@ -13,6 +13,7 @@ from cli_checks import ROOT, TF_LOG, assert_refused, snapshot
 
 from gpt2_tf.checkpoint import load_model
 from gpt2_tf.convert import read, write
+from gpt2_tf.decoding import Controls
 from gpt2_tf.litert_runtime import LiteRTGenerator, interpreter
 from gpt2_tf.model_files import LITERT_FILE
 from gpt2_tf.sample import Generator
@@ -85,6 +86,27 @@ def test_float32_draws_are_sample_py_draws(tiny_litert, tiny_tf, settings):
     assert drawn(lite, PROMPTS[1:2], 16, rows=rows[1:2], **settings) == expected[1:2]
 
 
+@pytest.mark.parametrize("settings", [dict(temperature=0), dict(top_k=40, seed=7), dict(top_p=0.9, seed=8)])
+def test_float32_draws_with_every_control_are_sample_py_draws(tiny_litert, tiny_tf, settings):
+    """The generation controls are sample.py's, traced into the file: with every one on, the same
+    tokens and the same log-probabilities, past a slide of the window too."""
+    model, hparams = tiny_tf
+    controls = Controls(repetition_penalty=1.5, frequency_penalty=0.4, presence_penalty=0.3,
+                        no_repeat_ngram_size=2, min_p=0.05, logit_bias=((11, -3.0), (13, 2.0)),
+                        banned=((40,), (3290, 318), (11, 290, 612)), logprobs=3)
+    rows = [(p, 0) for p in range(len(PROMPTS))]
+    length = hparams.n_ctx + 8
+    *_, expected = Generator(model).draws(PROMPTS, length, rows=rows, window_shift=24, controls=controls,
+                                          **settings)
+    *_, got = litert_generator(tiny_litert["float32"], hparams).draws(PROMPTS, length, rows=rows,
+                                                                       window_shift=24, controls=controls,
+                                                                       **settings)
+    assert got.new_tokens().tolist() == expected.new_tokens().tolist()
+    for ours, theirs in zip(got.drawn_scores(), expected.drawn_scores()):
+        np.testing.assert_allclose(ours[0], theirs[0], atol=1e-4)
+        np.testing.assert_array_equal(ours[2], theirs[2])
+
+
 def test_what_a_reused_buffer_held_never_reaches_the_draws(tiny_litert, tiny_tf):
     """The cache's buffers are the interpreter's, reused from one generation to the next and
     uninitialised when reallocated: whatever they held (here NaN everywhere) changes no token."""
@@ -136,15 +158,18 @@ WITHOUT_TENSORFLOW = ("import atexit, runpy, sys; atexit.register(lambda: print(
 
 def test_sample_py_runs_a_litert_model_without_tensorflow(tiny_model, tiny_litert):
     """sample.py --model_name names a LiteRT folder as any model: the same text as the checkpoint's
-    (float32, greedy and seeded, a ragged --prompts batch), no log lines, and TensorFlow never
-    imported."""
+    (float32, greedy and seeded, a ragged --prompts batch, the generation controls), no log lines,
+    and TensorFlow never imported."""
     models_dir, name, _ = tiny_model
     lite = os.path.basename(tiny_litert["float32"])
     prompts = os.path.join(models_dir, "prompts.txt")
     with open(prompts, "w") as f:
         f.write("Hello there\nThe cat sat on the\nA\n")
+    controls = ["--seed", "4", "--temperature", "0.8", "--repetition_penalty", "1.3",
+                "--no_repeat_ngram_size", "2", "--ban", "the", "--min_p", "0.05",
+                "--frequency_penalty", "0.5", "--presence_penalty", "0.2", "--logit_bias", "13=3"]
     for flags in (["--temperature", "0"], ["--top_k", "40", "--seed", "3", "--nsamples", "2",
-                                           "--batch_size", "2"]):
+                                           "--batch_size", "2"], controls):
         args = ["--prompts", prompts, "--length", "12", *flags]
         expected = run_sample(models_dir, "--model_name", name, *args)
         got = run_sample(models_dir, "--model_name", lite, *args, code=WITHOUT_TENSORFLOW)

@@ -96,8 +96,8 @@ def test_top_k_then_top_p():
 def test_top_k_draws_among_the_largest_the_token_drawn_over_the_whole_vocabulary():
     """Outside XLA, top-k draws among the k largest logits only (sample.py's _draw_top_k): the token
     drawn over the whole vocabulary (_draw_all), for every step, row and setting, also where the
-    k-th logit ties with the ones after it (a few ties, and more than TIES), and with the settings as
-    tensors (a SavedModel's or LiteRT's one function)."""
+    k-th logit ties with the ones after it (a few ties, and more than TIES), with min-p, and with the
+    settings as tensors (a SavedModel's or LiteRT's one function)."""
     rng = np.random.default_rng(5)
     logits = rng.normal(size=(4, 50257)).astype(np.float32) * 3
     order = np.argsort(-logits, axis=1)
@@ -105,13 +105,14 @@ def test_top_k_draws_among_the_largest_the_token_drawn_over_the_whole_vocabulary
     logits[2, order[2, 2:30]] = logits[2, order[2, 2]]  # 28 equal from the 3rd: more than TIES
     logits = tf.constant(logits)
     keys = tf.constant([3, 1, 4, 1])
-    draw_all = tf.function(lambda k, p, step: sample._draw_all(logits, k, p, keys, step, False))
-    draw = tf.function(lambda t, k, p, step: choose(logits, t, k, p, keys, step))
-    for k, p in ((1, 1.0), (4, 1.0), (40, 1.0), (3, 0.5), (40, 0.9)):
+    draw_all = tf.function(lambda k, p, m, step: sample._draw_all(logits, k, p, m, keys, step, False))
+    draw = tf.function(lambda t, k, p, m, step: choose(logits, t, k, p, keys, step, min_p=m))
+    for k, p, m in ((1, 1.0, 0.0), (4, 1.0, 0.0), (40, 1.0, 0.0), (3, 0.5, 0.0), (40, 0.9, 0.0),
+                    (40, 1.0, 0.3)):
         for step in range(12):
-            expected = draw_all(k, p, step).numpy().tolist()
-            assert sample._draw(logits, 1.0, k, p, keys, step, False).numpy().tolist() == expected
-            settings = (tf.constant(1.0), tf.constant(k), tf.constant(p), tf.constant(step))
+            expected = draw_all(k, p, m, step).numpy().tolist()
+            assert sample._draw(logits, 1.0, k, p, m, keys, step, False).numpy().tolist() == expected
+            settings = (tf.constant(1.0), tf.constant(k), tf.constant(p), tf.constant(m), tf.constant(step))
             assert draw(*settings).numpy().tolist() == expected
 
 
@@ -182,13 +183,6 @@ def test_noise_is_never_1_so_a_filtered_token_is_never_drawn():
     for xla in (False, True):
         draw = tf.function(choose, jit_compile=xla)
         assert draw(tf.constant(logits), 1.0, 1, 1.0, tf.constant([0]), step, xla).numpy().tolist() == [7]
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model):
-    models_dir, name, weights = tiny_model
-    model, hparams = load_model(os.path.join(models_dir, name))
-    return model, hparams, weights
 
 
 def numpy_greedy(weights, hparams, context, length):

@@ -148,7 +148,9 @@ def test_saved_model_layout_and_size(exported, tiny_model):
                     for f in os.listdir(exported / "1" / "variables"))
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(exported) for f in fs)
     assert abs(variables - checkpoint) < 0.02 * checkpoint  # the weights, once
-    assert total - variables < 6e6  # the graphs and the vocabulary (about 2 MB of tables), no weights
+    # the graphs of the seven signatures (about 4.5 MB) and the vocabulary (about 2 MB of tables), and no
+    # copy of the weights (6.5 MB)
+    assert total - variables < 9e6
 
 
 @pytest.mark.slow
@@ -181,7 +183,8 @@ def test_a_plain_tensorflow_client_gets_sample_py_and_score_py_results(exported,
         ("score", {"input_ids": [[5, 6, 99999]], "lengths": [2]}),  # past the row's length: padding
     ]
     result = ask(exported, requests, tmp_path)
-    names = ["generate_ids", "generate_ids_xla", "score", "serving_default", "tokenize"]
+    names = ["generate_controls", "generate_ids", "generate_ids_controls", "generate_ids_xla", "score",
+             "serving_default", "tokenize"]
     assert result["signatures"] == names
     (tokenized, served, generated, compiled, compiled_sampled, empty, first, again, alone, filtered, scored,
      long_error, zero_error, id_error, xla_id_error, score_id_error, padded_score) = result["answers"]
@@ -224,6 +227,44 @@ def test_a_plain_tensorflow_client_gets_sample_py_and_score_py_results(exported,
         assert f"input_ids must be token ids from 0 to {N_VOCAB - 1}; got" in answer["error"] and bad in \
             answer["error"]
     assert "log_probs" in padded_score
+
+
+@pytest.mark.slow
+def test_the_controls_signatures_draw_what_sample_py_draws(exported, tiny_model, enc, tmp_path):
+    """generate_ids_controls and generate_controls: with every control on, the greedy tokens of
+    sample_sequence with the same controls, and the model's log-probabilities; with the controls at
+    their off values, generate_ids' tokens."""
+    from gpt2_tf.decoding import Controls
+
+    prompts = [enc.encode(p) for p in ("Hello there", "A longer prompt, with more words in it.", "x")]
+    ids, lengths = padded(prompts)
+    greedy = {"max_new_tokens": 12, **SETTINGS, "temperature": 0.0}
+    on = {"repetition_penalty": 1.5, "frequency_penalty": 0.4, "presence_penalty": 0.3,
+          "no_repeat_ngram_size": 2, "min_p": 0.1, "logit_bias_ids": [13, 11],
+          "logit_bias_values": [2.0, -3.0],
+          "banned": [[40, -1], [3290, 318]], "logprobs": 3}
+    off = {"repetition_penalty": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0,
+           "no_repeat_ngram_size": 0, "min_p": 0.0, "logit_bias_ids": [], "logit_bias_values": [],
+           "banned": [[-1]], "logprobs": 0}  # an empty sequence bans nothing
+    sampled = {"max_new_tokens": 10, **SETTINGS, "seed": 5, "top_k": 40}
+    requests = [("generate_ids_controls", {"input_ids": ids, "lengths": lengths, **greedy, **on}),
+                ("generate_controls", {"prompt": [enc.decode(p) for p in prompts], **greedy, **on}),
+                ("generate_ids_controls", {"input_ids": ids, "lengths": lengths, **sampled, **off}),
+                ("generate_ids", {"input_ids": ids, "lengths": lengths, **sampled})]
+    with_controls, served, off_controls, plain = ask(exported, requests, tmp_path)["answers"]
+    model, _ = load_model(os.path.join(*tiny_model[:2]))
+    controls = Controls(1.5, 0.4, 0.3, 2, 0.1, ((11, -3.0), (13, 2.0)), ((40,), (3290, 318)), 3)
+    expected = sample_sequence(model, 12, context=prompts, temperature=0, controls=controls)
+    for prompt, row, got, n in zip(prompts, expected, with_controls["token_ids"], with_controls["lengths"]):
+        assert got[:n] == row[len(prompt):len(prompt) + n].tolist()
+    assert served["token_ids"] == with_controls["token_ids"]
+    assert np.array(with_controls["top_ids"]).shape == (3, 12, 3)
+    for prompt, got, n, logprobs in zip(prompts, with_controls["token_ids"], with_controls["lengths"],
+                                        with_controls["token_logprobs"]):
+        for i in range(n):
+            logits = model(np.array([prompt + got[:i]], np.int32))["logits"].numpy()[0, -1].astype(np.float64)
+            np.testing.assert_allclose(logprobs[i], logits[got[i]] - np.logaddexp.reduce(logits), atol=1e-4)
+    assert off_controls["token_ids"] == plain["token_ids"]
 
 
 @pytest.mark.slow

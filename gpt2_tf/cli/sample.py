@@ -42,6 +42,7 @@ def make_parser():
     p.add_argument("--top_k", type=integer(0), default=0, help="keep the k most likely tokens; 0: all")
     p.add_argument("--top_p", type=number(low=0, high=1), default=1.0,
                    help="nucleus: keep the most likely tokens up to this probability; 0 or 1: all")
+    add_control_flags(p)
     p.add_argument("--prompt", default=None, help="text to continue")
     p.add_argument("--prompt_file", default=None, help="file whose text to continue (see --encoding)")
     p.add_argument("--prompts", default=None, metavar="FILE",
@@ -49,7 +50,7 @@ def make_parser():
                         "generated --batch_size rows at a time, in the file's order")
     p.add_argument("--output_format", choices=["text", "jsonl"], default="text",
                    help="text: the original's banners; jsonl: one {\"prompt\", \"sample\", \"text\"} "
-                        "object per sample")
+                        "object per sample (and \"logprobs\" with --logprobs)")
     p.add_argument("--sliding_window", action="store_true",
                    help="let --length pass n_ctx: the context slides, keeping its last n_ctx - "
                         "--window_shift tokens")
@@ -68,6 +69,65 @@ def make_parser():
     add_text_flags(p, "of --prompt_file and --prompts")
     p.add_verbose()
     return p
+
+
+def add_control_flags(p):
+    """The generation controls besides temperature, top-k and top-p (docs/sample.md)."""
+    p.add_argument("--repetition_penalty", type=number(above=0), default=1.0, metavar="P",
+                   help="CTRL's: divide a positive logit of a token in the context (prompt included) by P, "
+                        "multiply a negative one; 1: off")
+    p.add_argument("--frequency_penalty", type=number(low=-2, high=2), default=0.0, metavar="F",
+                   help="OpenAI's: subtract F x the times a token was drawn (the prompt not counted)")
+    p.add_argument("--presence_penalty", type=number(low=-2, high=2), default=0.0, metavar="R",
+                   help="OpenAI's: subtract R from every token drawn at least once")
+    p.add_argument("--no_repeat_ngram_size", type=integer(0), default=0, metavar="N",
+                   help="never draw a token that repeats an N-gram of the context; 0: off")
+    p.add_argument("--min_p", type=number(low=0, high=1), default=0.0, metavar="M",
+                   help="keep the tokens at least M times as likely as the most likely one; 0: all")
+    p.add_argument("--ban", action="append", metavar="TEXT",
+                   help="never generate TEXT, as the encoder writes it alone or after a space (repeatable)")
+    p.add_argument("--logit_bias", action="append", metavar="ID=VALUE",
+                   help="add VALUE (-100 to 100) to the logit of token ID (repeatable)")
+    p.add_argument("--logprobs", type=integer(0, 20), default=None, metavar="N",
+                   help="with --output_format jsonl: each generated token's log-probability and the N "
+                        "most likely tokens at its step (0 to 20)")
+
+
+CONTROL_FLAGS = ("repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size",
+                 "min_p", "ban", "logit_bias", "logprobs")
+
+
+def controls(args, enc):
+    """The decoding.Controls of the flags; raises UsageError for a --logit_bias that is not ID=VALUE
+    with a token of the vocabulary and a value within -100 to 100, or a --ban that encodes to
+    nothing."""
+    from gpt2_tf.decoding import Controls
+
+    bias = {}
+    for item in args.logit_bias or ():
+        key, sep, value = item.partition("=")
+        try:
+            token, value = int(key), float(value)
+        except ValueError:
+            token = None
+        if not sep or token is None:
+            raise UsageError(f"--logit_bias {item}: expected ID=VALUE, a token id and a number "
+                             "(e.g. 50256=-100)")
+        if not 0 <= token < len(enc.decoder):
+            raise UsageError(f"--logit_bias {item}: token id {token} is outside the vocabulary (0 to "
+                             f"{len(enc.decoder) - 1})")
+        if not -100 <= value <= 100:
+            raise UsageError(f"--logit_bias {item}: the value must be within -100 to 100")
+        bias[token] = value
+    banned = []
+    for text in args.ban or ():
+        if not text:
+            raise UsageError("--ban needs a text that is not empty")
+        for form in dict.fromkeys([text] + ([] if text.startswith(" ") else [" " + text])):
+            banned.append(tuple(enc.encode(form)))
+    return Controls(args.repetition_penalty, args.frequency_penalty, args.presence_penalty,
+                    args.no_repeat_ngram_size, args.min_p, tuple(sorted(bias.items())),
+                    tuple(dict.fromkeys(banned)), args.logprobs)
 
 
 def check_args(args):
@@ -90,7 +150,10 @@ def check_args(args):
     check_encoding(args.encoding)
     if args.output is not None:
         check_output_file(args.output, "--output", [f for f in (args.prompt_file, args.prompts) if f])
+    if args.logprobs is not None and args.output_format != "jsonl":
+        raise UsageError("--logprobs needs --output_format jsonl (the log-probabilities go with each sample)")
     prepared = prepare(args)
+    args.controls = controls(args, prepared.enc)
     args.litert = prepared.files.litert
     if args.litert:
         check_litert(prepared.files)
@@ -202,7 +265,7 @@ class Samples:
     def write(self, texts, prompts, first_prompt=0, numbered=False):
         """--nsamples samples of each prompt (for ever if 0), --batch_size rows at a time whatever the
         prompts' lengths, in the order of the prompts; row (i, n) is sample n of prompt first_prompt + i."""
-        from gpt2_tf.generate import generate_texts
+        from gpt2_tf.generate import generate_samples
 
         args, out = self.args, self.out
         eot = self.enc.encoder["<|endoftext|>"]
@@ -216,19 +279,34 @@ class Samples:
                 self.banner(batch[0], numbered)
                 out.write(self.prefix(texts[batch[0][0]]))
                 stream = lambda piece: (out.write(piece), out.flush())  # noqa: E731
-            results = generate_texts(self.generator, self.enc, contexts, self.length, args.temperature,
-                                     args.top_k, args.top_p, self.seed, args.stop or (), stream, rows,
-                                     self.shift)
-            for (i, n), text in zip(batch, results):
+            results = generate_samples(self.generator, self.enc, contexts, self.length, args.temperature,
+                                       args.top_k, args.top_p, self.seed, args.stop or (), stream, rows,
+                                       self.shift, args.controls)
+            for (i, n), sample in zip(batch, results):
                 if self.streaming:
                     out.write("\n")
                 elif args.output_format == "jsonl":
-                    out.write(json.dumps({"prompt": texts[i], "sample": n + 1, "text": text},
-                                         ensure_ascii=False) + "\n")
+                    record = {"prompt": texts[i], "sample": n + 1, "text": sample.text}
+                    if sample.scores is not None:
+                        record["logprobs"] = self.logprobs(sample)
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 else:
                     self.banner((i, n), numbered)
-                    print(self.prefix(texts[i]) + text, file=out)
+                    print(self.prefix(texts[i]) + sample.text, file=out)
             out.flush()
+
+    def logprobs(self, sample):
+        """A sample's tokens as JSON: [{token, id, bytes, logprob, top_logprobs: [{token, id, bytes,
+        logprob}, ...]}, ...], as the chat completions API gives them (the model's own distribution)."""
+        chosen, values, ids = sample.scores
+        return [{**self.token(t), "logprob": float(p),
+                 "top_logprobs": [{**self.token(i), "logprob": float(v)} for i, v in zip(top_ids, top)]}
+                for t, p, top, top_ids in zip(sample.tokens, chosen, values, ids)]
+
+    def token(self, token):
+        raw = self.enc.decoder[int(token)]
+        return {"token": self.enc.decode([int(token)]), "id": int(token),
+                "bytes": [self.enc.byte_decoder[c] for c in raw]}
 
     def banner(self, job, numbered):
         print(banner(job[1] + 1, job[0] + 1 if numbered else None), file=self.out)
