@@ -121,18 +121,26 @@ def run_ours(compile_mode, dtype, ragged=False, with_controls=False):
 
 
 def litert_model(quantize):
-    """The 124M shape with random weights (seed 0) as a LiteRT file, converted once."""
-    from gpt2_tf.litert_runtime import interpreter
+    """The 124M shape with random weights (seed 0) as a LiteRT file, converted once for each version of
+    the code that writes it (its name holds a digest of that code; older files are removed)."""
+    import glob
+    import hashlib
 
-    path = os.path.join(ENVS, f"litert-124M-{quantize}.tflite")
-    written = os.path.exists(path) and interpreter(path).get_signature_list()["decode"]["inputs"]
-    if "context" not in (written or ()):  # none yet, or written before the decode step read its context
+    library = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gpt2_tf")
+    digest = hashlib.sha256()
+    for name in ("litert.py", "controls.py", "sample.py", "model.py", "streams.py", "score.py"):
+        with open(os.path.join(library, name), "rb") as f:
+            digest.update(f.read())
+    path = os.path.join(ENVS, f"litert-124M-{quantize}-{digest.hexdigest()[:10]}.tflite")
+    if not os.path.exists(path):
         import tensorflow as tf
 
         from gpt2_tf.hparams import released
         from gpt2_tf.litert import write_litert
         from gpt2_tf.model import GPT2
 
+        for old in glob.glob(os.path.join(ENVS, f"litert-124M-{quantize}*.tflite")):
+            os.remove(old)
         tf.random.set_seed(0)
         os.makedirs(ENVS, exist_ok=True)
         write_litert(GPT2(released("124M")), path, quantize)

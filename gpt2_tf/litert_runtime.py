@@ -33,7 +33,11 @@ def interpreter(path, threads=None):
 
 class Signature:
     """One signature of an interpreter, run with its inputs resized only when their shapes change.
-    `view(name)` is a writable NumPy view of an input's buffer (drop it before `run`)."""
+    `view(name)` is a writable NumPy view of an input's buffer, valid until the next `run` (the
+    buffers may move when a run meets a tensor whose shape depends on values, as top-k's with a
+    tensor k, though their contents stay). An input keeps its value from one `run` to the next
+    (LiteRT never reuses a graph input's memory within a run), so what does not change is set
+    once."""
 
     def __init__(self, interp, key):
         self.interpreter = interp  # kept alive: it owns the delegate and the buffers the views point into
@@ -56,11 +60,14 @@ class Signature:
     def view(self, name):
         return self.wrapper.tensor(self.wrapper, self.inputs[name], self.subgraph)
 
-    def run(self, outputs, **inputs):
-        """Set `inputs` (NumPy arrays of the shapes given to `resize`), invoke, and return the named
-        outputs."""
+    def set(self, **inputs):
+        """Set `inputs` (NumPy arrays of the shapes given to `resize`)."""
         for name, value in inputs.items():
             self.wrapper.SetTensor(self.inputs[name], value, self.subgraph)
+
+    def run(self, outputs, **inputs):
+        """Set `inputs`, invoke, and return the named outputs."""
+        self.set(**inputs)
         self.wrapper.Invoke(self.subgraph)
         return [self.wrapper.GetTensor(self.outputs[name], self.subgraph) for name in outputs]
 
@@ -96,6 +103,7 @@ class LiteRTGenerator(Drawing):
         cache = [batch * hp.n_head, size, self.depth]
         self.decode.resize({"token": [batch], "position": [batch], "context": [batch, size + 1], **shapes,
                             **{f"{kind}_{i}": cache for i in range(hp.n_layer) for kind in ("key", "value")}})
+        self.decode.set(**state.settings)  # for the whole generation
         # present [B, L, 2, H, T, D] -> each layer's [B * H, T, D], at the start of its cache; the rest
         # zeroed, for the attention weighs the positions it masks by 0 (and 0 x NaN from a reused
         # buffer's garbage would be NaN).
@@ -107,6 +115,7 @@ class LiteRTGenerator(Drawing):
         state.tokens = np.zeros([batch, size + 1], np.int32)
         state.tokens[:, :longest] = padded
         state.tokens[np.arange(batch), lengths] = token
+        self.decode.view("context")[...] = state.tokens
         if state.controls.logprobs is not None:
             n = state.controls.logprobs
             state.scores = (np.zeros([batch, size + 1], np.float32),
@@ -129,21 +138,21 @@ class LiteRTGenerator(Drawing):
                              f"holds {state.tokens.shape[1]}")
         heads = np.arange(len(state.lengths) * self.hparams.n_head)
         batch = np.arange(len(state.lengths))
+        outputs = ["next", "new", *SCORES] if state.scores else ["next", "new"]
         for _ in range(n):
             # [B]: each row's last token, not yet in the cache
             position = (state.lengths + state.drawn - 1).astype(np.int32)
-            token, new, *scores = self.decode.run(["next", "new", *SCORES],
-                                                  token=state.tokens[batch, position], position=position,
-                                                  context=state.tokens,
-                                                  draw=np.array(state.step + state.drawn, np.int32),
-                                                  **state.settings)
+            token, new, *scores = self.decode.run(outputs, token=state.tokens[batch, position],
+                                                  position=position,
+                                                  draw=np.array(state.step + state.drawn, np.int32))
             if state.scores:
                 write_scores(state.scores, scores, position + 1)
             at = np.repeat(position, self.hparams.n_head)
-            for layer in range(self.hparams.n_layer):
-                self.decode.view(f"key_{layer}")[heads, at] = new[layer, 0]
-                self.decode.view(f"value_{layer}")[heads, at] = new[layer, 1]
+            for layer, (k, v) in enumerate(new):
+                self.decode.view(f"key_{layer}")[heads, at] = k
+                self.decode.view(f"value_{layer}")[heads, at] = v
             state.tokens[batch, position + 1] = token
+            self.decode.view("context")[batch, position + 1] = token
             state.drawn += 1
         return state
 
