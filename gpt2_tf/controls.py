@@ -12,18 +12,18 @@ penalty, no-repeat n-grams, bad words), OpenAI's penalties after its repetition 
    count the times the token was drawn (the prompt does not count).
 4. `no_repeat_ngram_size` N: no token that would end an N-gram already in the context.
 5. `banned`: no token that would complete a banned sequence.
-Masked tokens get -1e10 added (the filters set -1e10). The context is each row's window of the token buffer:
-after a window slid (sample.py --sliding_window) the tokens that left it count no more.
+Masked tokens get -1e10 added (the filters set -1e10). The context is each row's window of the
+token buffer: after a window slid (sample.py --sliding_window) the tokens that left it count no more.
 
 A setting is a Python value (left out when off) or a tensor (a SavedModel's or a LiteRT file's:
-applied when any is on; each is the identity at its off value): the numbers as scalars, `logit_bias` as a
-pair (ids [N] int32, values [N] float32), `banned` as sequences [K, M] int32, each padded on the
-right with -1.
+applied when any is on; each is the identity at its off value): the numbers as scalars,
+`logit_bias` as a pair (ids [N] int32, values [N] float32), `banned` as sequences [K, M] int32, each
+padded on the right with -1.
 """
 
 import tensorflow as tf
 
-from gpt2_tf.decoding import Controls, banned_table
+from gpt2_tf.decoding import Controls, padded_sequences
 
 MASKED = -1e10
 
@@ -55,8 +55,8 @@ def _controlled(logits, c, tokens, length, drawn_from):
         ids, values = tf.convert_to_tensor(ids, tf.int32), tf.convert_to_tensor(values, tf.float32)
         logits += tf.scatter_nd(ids[:, None], values, [n_vocab])[None]
     # The rest changes the logits of the context's tokens and of a few more only: each control says
-    # what to add at which ids ([B, N] each), and one segment sum adds it all, so that a step does a
-    # few passes over [B, V] whatever is on (LiteRT's kernels for [B, V] selects are slow).
+    # what to add at which ids ([B, N] each), and one scatter adds it all, so that a step does a few
+    # passes over [B, V] whatever is on (LiteRT's kernels for [B, V] selects are slow).
     positions = tf.range(tf.shape(tokens)[1])[None]  # [1, S]
     in_context = positions < length[:, None]
     ids, amounts = [], []
@@ -130,10 +130,7 @@ def banned_ends(tokens, length, banned):
     """The tokens that would complete one of the `banned` sequences (tuples of ids, or a tensor [K, M]
     padded with -1): (each sequence's last token [B, K], whether the context ends with the rest of it
     [B, K]; always, for one-token ones)."""
-    if tf.is_tensor(banned):
-        prefixes, ends = banned_tensors(banned)
-    else:
-        prefixes, ends = (tf.constant(t) for t in banned_table(banned))
+    prefixes, ends = banned_table(banned if tf.is_tensor(banned) else tf.constant(padded_sequences(banned)))
     width = tf.shape(prefixes)[1]
     at = length[:, None] - width + tf.range(width)  # [B, M]: the context's last M positions
     last = tf.where(at >= 0, tf.gather(tokens, tf.maximum(at, 0), batch_dims=1), -2)  # -2: before the start
@@ -142,8 +139,8 @@ def banned_ends(tokens, length, banned):
     return tf.broadcast_to(tf.maximum(ends, 0)[None], tf.shape(match)), match
 
 
-def banned_tensors(sequences):
-    """decoding.banned_table in TensorFlow: sequences [K, M] int32 padded on the right with -1 ->
+def banned_table(sequences):
+    """Banned sequences [K, M] int32 padded on the right with -1 (decoding.padded_sequences) ->
     (prefixes [K, M - 1] right-aligned and padded on the left with -1, ends [K]; an empty sequence's
     end is -1, which no token is)."""
     sizes = tf.reduce_sum(tf.cast(sequences >= 0, tf.int32), axis=1)  # [K]

@@ -44,15 +44,13 @@ class Controls(NamedTuple):
     logprobs: int = None  # with a number n: each drawn token's log-probability and the n most likely
 
 
-def banned_table(banned):
-    """Banned token sequences as arrays: (prefixes [K, M] int32, each sequence but its last token,
-    right-aligned and padded on the left with -1; ends [K] int32, each one's last token)."""
-    width = max(1, max(len(s) for s in banned) - 1)
-    prefixes = np.full([len(banned), width], -1, np.int32)
+def padded_sequences(banned):
+    """Controls.banned (tuples of ids) as the signatures take it: [K, M] int32, each sequence padded
+    on the right with -1; no sequence is [[-1]] (one empty sequence, which bans nothing)."""
+    table = np.full([max(1, len(banned)), max([1, *map(len, banned)])], -1, np.int32)
     for k, sequence in enumerate(banned):
-        if len(sequence) > 1:
-            prefixes[k, width - len(sequence) + 1:] = sequence[:-1]
-    return prefixes, np.array([s[-1] for s in banned], np.int32)
+        table[k, :len(sequence)] = sequence
+    return table
 
 
 class Drawing:

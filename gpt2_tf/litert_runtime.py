@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from gpt2_tf.decoding import Controls, Drawing, GenerationState
+from gpt2_tf.decoding import Controls, Drawing, GenerationState, padded_sequences
 
 INSTALL = "pip install 'gpt2-tf[litert]'"
 
@@ -186,9 +186,6 @@ def settings(temperature, top_k, top_p, controls=None):
     take them (controls.INPUTS: what is off given its off value)."""
     c = controls or Controls()
     bias = c.logit_bias or ((0, 0.0),)
-    banned = np.full([max(1, len(c.banned)), max([1, *map(len, c.banned)])], -1, np.int32)
-    for k, sequence in enumerate(c.banned):
-        banned[k, :len(sequence)] = sequence
     f32, i32 = np.float32, np.int32
     return {"temperature": np.array(temperature, f32), "top_k": np.array(top_k, i32),
             "top_p": np.array(top_p, f32), "repetition_penalty": np.array(c.repetition_penalty, f32),
@@ -196,5 +193,5 @@ def settings(temperature, top_k, top_p, controls=None):
             "presence_penalty": np.array(c.presence_penalty, f32),
             "no_repeat_ngram_size": np.array(c.no_repeat_ngram_size, i32), "min_p": np.array(c.min_p, f32),
             "logit_bias_ids": np.array([i for i, _ in bias], i32),
-            "logit_bias_values": np.array([v for _, v in bias], f32), "banned": banned,
+            "logit_bias_values": np.array([v for _, v in bias], f32), "banned": padded_sequences(c.banned),
             "logprobs": np.array(max(1, c.logprobs or 0), i32)}  # LiteRT reads no empty output

@@ -93,10 +93,6 @@ def add_control_flags(p):
                         "most likely tokens at its step (0 to 20)")
 
 
-CONTROL_FLAGS = ("repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size",
-                 "min_p", "ban", "logit_bias", "logprobs")
-
-
 def controls(args, enc):
     """The decoding.Controls of the flags; raises UsageError for a --logit_bias that is not ID=VALUE
     with a token of the vocabulary and a value within -100 to 100, or a --ban that encodes to
