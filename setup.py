@@ -8,7 +8,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["gpt2_tf", "gpt2_tf.*"]),
-    py_modules=["download_model", "encode", "train", "sample", "train_bpe", "lens", "score", "convert"],
+    py_modules=["download_model", "encode", "train", "sample", "train_bpe", "lens", "attention", "score",
+                "convert"],
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3",
@@ -24,7 +25,7 @@ setup(
         "test": ["pytest", "hypothesis", "ruff", "tiktoken", "tokenizers", "matplotlib",
                  "torch", "transformers", "keras-hub", "safetensors", "ai-edge-litert"],
         "fast": ["tiktoken"],  # encode.py about 6x faster, same tokens (docs/encode.md)
-        "lens": ["matplotlib"],  # lens.py --png only
+        "lens": ["matplotlib"],  # lens.py --png and attention.py --png only
         "keras-hub": ["keras-hub"],  # convert.py --to keras_hub, and reading KerasHub presets
         "litert": ["ai-edge-litert"],  # sample.py and score.py on LiteRT models (docs/litert.md)
     },
@@ -36,6 +37,7 @@ setup(
             "gpt2-sample=sample:main",
             "gpt2-train-bpe=train_bpe:main",
             "gpt2-lens=lens:main",
+            "gpt2-attention=attention:main",
             "gpt2-score=score:main",
             "gpt2-convert=convert:main",
         ],

@@ -81,13 +81,21 @@ class Encoder:
         return " ".join(self._merge_long(token))
 
     def _merge_short(self, token):
-        """The original merge loop: merge every occurrence of the best-ranked pair, then repeat."""
+        """The original merge loop (`merges`), to its end: the symbols of the piece."""
+        word = tuple(token)
+        for _, _, merged in self.merges(token):
+            word = merged
+        return word
+
+    def merges(self, token):
+        """The original merge loop, one merge at a time: merge every occurrence of the best-ranked pair,
+        then repeat. Yields (the pair merged, its rank in vocab.bpe, the symbols after the merge)."""
         word = tuple(token)
         pairs = get_pairs(word)
         while pairs:
             best = min(pairs, key=lambda pair: self.bpe_ranks.get(pair, float("inf")))
             if best not in self.bpe_ranks:
-                break
+                return
             first, second = best
             merged = []
             i = 0
@@ -99,8 +107,8 @@ class Encoder:
                     merged.append(word[i])
                     i += 1
             word = tuple(merged)
+            yield best, self.bpe_ranks[best], word
             pairs = get_pairs(word)
-        return word
 
     def _merge_long(self, token):
         """The same merges in O(n log n): a linked list of symbols and a heap of candidate pairs.

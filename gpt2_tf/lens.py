@@ -114,4 +114,12 @@ class LogitLens:
         return top_probs, rank(z, next_ids[:, None])[:, 0], entropy, kl, watch_rank, watch_prob
 
 
+def ecco_rows(lens):
+    """A Lens in Ecco's numbering: without the embeddings' row, the blocks' outputs as layers 0 .. L-1
+    (Ecco's layer 0 is our 1; with final_norm=False its rows are Ecco's)."""
+    rows = {field: getattr(lens, field)[1:] for field in ("top_ids", "top_probs", "rank_of_next", "entropy",
+                                                          "kl_to_final", "watch_rank", "watch_prob")}
+    return dataclasses.replace(lens, layers=[str(i) for i in range(len(lens.layers) - 1)], **rows)
+
+
 _lenses = weakref.WeakKeyDictionary()  # model -> its LogitLens

@@ -213,18 +213,24 @@ def multihead_attn(q, k, v, past_length=None):
         if past_length is None and isinstance(nd, int) and nd == ns:  # a whole sequence, no past
             return ops.causal_attention(q, k, v)
         return ops.attention(q, k, v, attention_mask(nd, ns, tf.bool, past_length))
+    return tf.matmul(tf.cast(attention_weights(q, k, past_length), v.dtype), v)
+
+
+def attention_weights(q, k, past_length=None):
+    """Where each query looks: softmax(mask(q k^T / sqrt(D))) in float32. q [..., T, D], k [..., S, D]
+    -> [..., T, S], each row summing to 1 over the keys the query may see (0 elsewhere)."""
     w = tf.matmul(q, k, transpose_b=True)
-    w = w * tf.math.rsqrt(tf.cast(shape_list(v)[-1], w.dtype))
-    w = softmax(mask_attn_weights(tf.cast(w, tf.float32), past_length))
-    return tf.matmul(tf.cast(w, v.dtype), v)
+    w = w * tf.math.rsqrt(tf.cast(shape_list(q)[-1], w.dtype))
+    return softmax(mask_attn_weights(tf.cast(w, tf.float32), past_length))
 
 
 class Attention(keras.layers.Layer):
     """`attn`: masked multi-head self-attention, with the keys and values of earlier positions.
 
     call(x [B, T, C], past [B, 2, H, P, D] or None) -> (a [B, T, C], present [B, 2, H, T, D]).
-    `present` holds the keys and values of the T new positions only. `call_with_cache` attends over a
-    preallocated cache instead.
+    `present` holds the keys and values of the T new positions only. With return_attention=True, a
+    third output: the attention weights [B, H, T, P + T] (`attention_weights`), computed by the
+    formula (the fast kernels never form them). `call_with_cache` attends over a preallocated cache.
     """
 
     def __init__(self, n_state, n_head, proj_init_stdev=0.02, **kwargs):
@@ -245,7 +251,7 @@ class Attention(keras.layers.Layer):
         """[B, H, T, D] -> [B, T, C]."""
         return merge_states(tf.transpose(x, [0, 2, 1, 3]))
 
-    def call(self, x, past=None):
+    def call(self, x, past=None, return_attention=False):
         c = self.c_attn(x)
         q, k, v = map(self.split_heads, tf.split(c, 3, axis=2))
         present = tf.stack([k, v], axis=1)
@@ -253,6 +259,10 @@ class Attention(keras.layers.Layer):
             pk, pv = tf.unstack(past, axis=1)
             k = tf.concat([pk, k], axis=-2)
             v = tf.concat([pv, v], axis=-2)
+        if return_attention:
+            w = attention_weights(q, k)
+            a = tf.matmul(tf.cast(w, v.dtype), v)
+            return self.c_proj(self.merge_heads(a)), present, w
         a = multihead_attn(q, k, v)
         return self.c_proj(self.merge_heads(a)), present
 
@@ -302,8 +312,9 @@ class MLP(keras.layers.Layer):
 class Block(keras.layers.Layer):
     """`block`: pre-norm residual attention and MLP.
 
-    call(x [B, T, C], past [B, 2, H, P, D] or None) -> (x [B, T, C], present [B, 2, H, T, D]);
-    `call_with_cache` the same over a preallocated cache (Attention.call_with_cache).
+    call(x [B, T, C], past [B, 2, H, P, D] or None) -> (x [B, T, C], present [B, 2, H, T, D]), and
+    the attention weights [B, H, T, P + T] third with return_attention=True; `call_with_cache` the
+    same over a preallocated cache (Attention.call_with_cache).
     """
 
     def __init__(self, n_embd, n_head, proj_init_stdev=0.02, **kwargs):
@@ -316,12 +327,12 @@ class Block(keras.layers.Layer):
         self.ln_2 = Norm(n_embd, name="ln_2", dtype=self.dtype_policy)
         self.mlp = MLP(4 * n_embd, n_embd, proj_init_stdev, name="mlp", dtype=self.dtype_policy)
 
-    def call(self, x, past=None):
-        a, present = self.attn(self.ln_1(x), past=past)
+    def call(self, x, past=None, return_attention=False):
+        a, present, *weights = self.attn(self.ln_1(x), past=past, return_attention=return_attention)
         x = x + a
         m = self.mlp(self.ln_2(x))
         x = x + m
-        return x, present
+        return (x, present, *weights)
 
     def call_with_cache(self, x, cache, past_length):
         a, cache = self.attn.call_with_cache(self.ln_1(x), cache, past_length)
@@ -341,6 +352,8 @@ class GPT2(keras.Model):
         "present": [B, L, 2, H, T, D], the keys and values of the T new positions,
         "hidden": [B, L + 1, T, C] with return_hidden: the embeddings (h_0) and each block's output
             (h_1 .. h_L, before ln_f), in the compute dtype; see `unembed` and lens.py,
+        "attention": [B, L, H, T, P + T] float32 with return_attention: each head's attention weights
+            after the mask and softmax (row t: where new position t looks; attention.py draws them),
     }
     With `past`, the new tokens take positions P .. P+T-1. P + T may not exceed n_ctx.
 
@@ -377,18 +390,19 @@ class GPT2(keras.Model):
         ]
         self.ln_f = Norm(hparams.n_embd, name="ln_f", dtype=self.dtype_policy)
 
-    def call(self, tokens, past=None, return_hidden=False):
+    def call(self, tokens, past=None, return_hidden=False, return_attention=False):
         hp = self.hparams
         past_length = 0 if past is None else shape_list(past)[-2]
         h, wte = self.embed(tokens, past_length)
 
         # Transformer
-        hidden, presents = [h], []
+        hidden, presents, attention = [h], [], []
         pasts = tf.unstack(past, axis=1) if past is not None else [None] * hp.n_layer
         for block, layer_past in zip(self.blocks, pasts):
-            h, present = block(h, past=layer_past)
+            h, present, *weights = block(h, past=layer_past, return_attention=return_attention)
             presents.append(present)
             hidden.append(h)
+            attention += weights
         present = tf.stack(presents, axis=1)
         present.set_shape(past_shape(hparams=hp, batch_size=tokens.shape[0], sequence=tokens.shape[1]))
         h = self.ln_f(h)
@@ -397,6 +411,8 @@ class GPT2(keras.Model):
         out = {"present": present, "logits": self.logits(h, wte)}
         if return_hidden:
             out["hidden"] = tf.stack(hidden, axis=1)
+        if return_attention:
+            out["attention"] = tf.stack(attention, axis=1)
         return out
 
     def call_with_cache(self, tokens, cache, past_length):
@@ -411,7 +427,7 @@ class GPT2(keras.Model):
     def embed(self, tokens, past_length):
         """(h [B, T, C], wte [V, C]) in the compute dtype: each token's embedding plus its position's.
         past_length: the position of the first token, a scalar or [B]."""
-        check_positions(past_length, shape_list(tokens)[1], self.hparams.n_ctx)
+        past_length = check_positions(past_length, shape_list(tokens)[1], self.hparams.n_ctx)
         wte = tf.cast(self.wte, self.compute_dtype)
         wpe = tf.gather(self.wpe, positions_for(tokens, past_length))
         return tf.gather(wte, tokens) + tf.cast(wpe, self.compute_dtype), wte
@@ -447,12 +463,15 @@ class GPT2(keras.Model):
 
 
 def check_positions(past_length, length, n_ctx):
-    """Refuse to run past the position table: P + T must be at most n_ctx."""
+    """Refuse to run past the position table: P + T must be at most n_ctx. Returns past_length, which
+    in a graph is computed after the check, so that the position lookup that would fail cannot run
+    first (a graph orders its ops only by what they read)."""
     if isinstance(past_length, int) and isinstance(length, int):
         if past_length + length > n_ctx:
             raise ValueError(f"sequence too long: {past_length} past + {length} new positions > n_ctx = "
                              f"{n_ctx}; GPT-2 has no position embedding beyond n_ctx")
-    else:
-        tf.debugging.assert_less_equal(
-            past_length + length, n_ctx,
-            message=f"sequence too long: past + new positions exceed n_ctx = {n_ctx}")
+        return past_length
+    message = f"sequence too long: past + new positions exceed n_ctx = {n_ctx}"
+    check = tf.debugging.assert_less_equal(past_length + length, n_ctx, message=message)
+    with tf.control_dependencies([check] if check is not None else []):  # None when run eagerly
+        return tf.identity(past_length)

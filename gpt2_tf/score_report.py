@@ -8,6 +8,7 @@ import json
 import math
 
 from gpt2_tf.files import atomic_write
+from gpt2_tf.token_text import quoted, spans, token_bytes, token_text
 
 COLUMNS = ["tokens", "bytes", "words", "loss", "ppl", "bits/byte", "word ppl", "accuracy"]
 
@@ -51,15 +52,24 @@ def escaped(text):
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-def write_tsv(path, scored, decode):
-    """One row per scored token: document, position, id, token, logprob, rank, entropy (nats)."""
+def write_tsv(path, scored, enc):
+    """One row per scored token: document, position, id, token, logprob, rank, entropy (nats). The
+    token's text is token_text's: bytes that are not whole characters alone written `\\xe8` (the
+    text's own backslashes are doubled, so the two never meet)."""
     with atomic_write(path, encoding="utf-8") as f:
         f.write("document\tposition\tid\ttoken\tlogprob\trank\tentropy\n")
         for s in scored:
             for row in zip(s.positions, s.ids, s.logprob, s.rank, s.entropy):
                 position, token, logprob, rank, entropy = row
-                f.write(f"{s.document.name}\t{position}\t{token}\t{escaped(decode(int(token)))}\t"
+                f.write(f"{s.document.name}\t{position}\t{token}\t{escaped_token(enc, token)}\t"
                         f"{logprob:.9g}\t{rank}\t{entropy:.6f}\n")
+
+
+def escaped_token(enc, token):
+    """A token's text for a TSV cell: the text's backslash, tab, newline and carriage return escaped,
+    then its bytes that are no characters alone as `\\xe8`."""
+    text = token_bytes(enc, token).decode("utf-8", errors="surrogateescape")  # such a byte: U+DC80 + it
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else escaped(c) for c in text)
 
 
 def surprisal_colour(bits):
@@ -68,22 +78,31 @@ def surprisal_colour(bits):
     return f"rgb(255,{round(255 - 200 * shade)},{round(255 - 220 * shade)})"
 
 
-def write_html(path, scored, decode, title):
-    """Every scored token coloured by its surprisal; hovering shows its probability, rank and the top 5."""
+def write_html(path, scored, enc, title):
+    """Every scored token coloured by its surprisal; hovering shows its probability, rank and the top 5.
+    The tokens of a split character are one piece of text, coloured by their summed surprisal, with
+    each token's bytes and figures on hover."""
     parts = []
     for s in scored:
-        spans = []
-        for token, logprob, rank, top_ids, top_probs in zip(s.ids, s.logprob, s.rank, s.top_ids, s.top_probs):
-            bits = -logprob / math.log(2)
-            top = "\n".join(f"{decode(int(t))!r} {100 * p:.2f}%" for t, p in zip(top_ids, top_probs))
-            tip = f"p = {100 * math.exp(logprob):.3g}%, {bits:.2f} bits, rank {rank}\n{top}"
-            spans.append(f'<span style="background:{surprisal_colour(bits)}" title="{html.escape(tip)}">'
-                         f"{html.escape(decode(int(token)))}</span>")
-        parts.append(f"<h2>{html.escape(s.document.name)}</h2><pre>{''.join(spans)}</pre>")
+        pieces = []
+        for span in spans(enc, s.ids):
+            tips, bits = [], 0.0
+            for i in range(span.start, span.stop):
+                token_bits = -s.logprob[i] / math.log(2)
+                bits += token_bits
+                top = "\n".join(f"{quoted(token_text(enc, t))} {100 * p:.2f}%"
+                                for t, p in zip(s.top_ids[i], s.top_probs[i]))
+                label = quoted(token_text(enc, s.ids[i]))
+                tips.append(f"{label}: p = {100 * math.exp(s.logprob[i]):.3g}%, {token_bits:.2f} bits, "
+                            f"rank {s.rank[i]}\n{top}")
+            pieces.append(f'<span style="background:{surprisal_colour(bits)}" '
+                          f'title="{html.escape(chr(10).join(tips))}">{html.escape(span.text)}</span>')
+        parts.append(f"<h2>{html.escape(s.document.name)}</h2><pre>{''.join(pieces)}</pre>")
     page = ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>' + html.escape(title) + "</title>"
             "<style>body{font-family:sans-serif;margin:2em}pre{white-space:pre-wrap;line-height:1.6}</style>"
             "</head><body>\n<h1>" + html.escape(title) + "</h1>\n<p>Each token's colour: its surprisal "
             "(white: certain, red: 16 bits or more). Hover over a token for its probability, rank and the "
-            "model's top 5.</p>\n" + "\n".join(parts) + "\n</body></html>\n")
+            "model's top 5 (for a character split across tokens, each token's).</p>\n" + "\n".join(parts)
+            + "\n</body></html>\n")
     with atomic_write(path, encoding="utf-8") as f:
         f.write(page)

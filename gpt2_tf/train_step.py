@@ -43,8 +43,8 @@ def recompute_blocks(model):
 
     This is what the original's memory_saving_gradients (checkpoints at block boundaries) and twremat
     did: the activations inside a block are computed a second time during backpropagation instead of
-    being stored. Results are unchanged. Calls with a `past`, and `call_with_cache` (sampling), are not
-    affected.
+    being stored. Results are unchanged. Calls with a `past` or return_attention, and `call_with_cache`
+    (sampling), are not affected.
     """
     for block in model.blocks:
         block.call = _recomputed(block.call)
@@ -53,8 +53,10 @@ def recompute_blocks(model):
 def _recomputed(call):
     recomputed = tf.recompute_grad(lambda x: call(x))
 
-    def block_call(x, past=None):
-        return recomputed(x) if past is None else call(x, past=past)
+    def block_call(x, past=None, return_attention=False):
+        if past is None and not return_attention:
+            return recomputed(x)
+        return call(x, past=past, return_attention=return_attention)
 
     return block_call
 

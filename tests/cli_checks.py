@@ -48,3 +48,11 @@ def assert_refused(result, script, folder, before, message=""):
     assert message in lines[0], (message, result.stderr)
     assert "Traceback" not in result.stderr and not TF_LOG.search(result.stderr)
     assert snapshot(folder) == before, result.args
+
+
+def run_tool(script, *argv):
+    """Run a top-level script (e.g. "lens.py") with argv as a user does, TensorFlow's log level as the
+    user's environment leaves it (unset)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *argv], capture_output=True, text=True,
+                          env=env, timeout=300)

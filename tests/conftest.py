@@ -1,5 +1,6 @@
 import os
 import subprocess
+import sys
 
 import pytest
 from gpt2_vocab import VocabNotFound, find_vocab
@@ -28,6 +29,18 @@ def tiny_model(tmp_path_factory, vocab_dir):
     models_dir = tmp_path_factory.mktemp("models")
     weights = write_original_model(str(models_dir / "tiny"), TINY_HPARAMS, seed=0, vocab_dir=vocab_dir)
     return str(models_dir), "tiny", weights
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """(work folder, run folder): the demo's model, trained on real text (the Python standard library,
+    with its own 2,048-token vocabulary) by `make demo`'s recipe, once for the slow tests that need a
+    trained model."""
+    work = tmp_path_factory.mktemp("demo")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-m", "gpt2_tf.cli.demo", "--work_dir", str(work)], cwd=root, check=True,
+                   capture_output=True)
+    return work, str(work / "checkpoint" / "demo")
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,11 @@ def gelu(x):
     return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
-def forward(weights, hparams, tokens, return_hidden=False, last_only=False):
+def forward(weights, hparams, tokens, return_hidden=False, last_only=False, return_attention=False):
     """tokens [B, T] -> (logits [B, T, V], kv [B, L, 2, H, T, D]), all float64; with return_hidden
-    also the residual stream [B, L + 1, T, C]: the embeddings, then the output of each block. With
-    last_only, the logits are those of the last position alone, [B, 1, V]."""
+    also the residual stream [B, L + 1, T, C]: the embeddings, then the output of each block; with
+    return_attention then the attention weights [B, L, H, T, T]. With last_only, the logits are those
+    of the last position alone, [B, 1, V]."""
     w = {k: np.asarray(v, np.float64) for k, v in weights.items()}
     n_head, n_embd = hparams["n_head"], hparams["n_embd"]
     d = n_embd // n_head
@@ -28,7 +29,7 @@ def forward(weights, hparams, tokens, return_hidden=False, last_only=False):
     batch, length = tokens.shape
     x = w["model/wte"][tokens] + w["model/wpe"][np.arange(length)][None]
     causal = np.tril(np.ones((length, length), bool))
-    kv, hidden = [], [x]
+    kv, hidden, attention = [], [x], []
     for i in range(hparams["n_layer"]):
         p = f"model/h{i}/"
         h = layer_norm(x, w[p + "ln_1/g"], w[p + "ln_1/b"])
@@ -40,6 +41,7 @@ def forward(weights, hparams, tokens, return_hidden=False, last_only=False):
         scores = np.where(causal, scores, -np.inf)
         scores = np.exp(scores - scores.max(-1, keepdims=True))
         att = scores / scores.sum(-1, keepdims=True)
+        attention.append(att)
         a = (att @ v).transpose(0, 2, 1, 3).reshape(batch, length, n_embd)
         x = x + a @ w[p + "attn/c_proj/w"][0] + w[p + "attn/c_proj/b"]
         h = layer_norm(x, w[p + "ln_2/g"], w[p + "ln_2/b"])
@@ -47,9 +49,12 @@ def forward(weights, hparams, tokens, return_hidden=False, last_only=False):
         x = x + h @ w[p + "mlp/c_proj/w"][0] + w[p + "mlp/c_proj/b"]
         hidden.append(x)
     x = layer_norm(x[:, -1:] if last_only else x, w["model/ln_f/g"], w["model/ln_f/b"])
+    out = (x @ w["model/wte"].T, np.stack(kv, axis=1))
     if return_hidden:
-        return x @ w["model/wte"].T, np.stack(kv, axis=1), np.stack(hidden, axis=1)
-    return x @ w["model/wte"].T, np.stack(kv, axis=1)
+        out += (np.stack(hidden, axis=1),)
+    if return_attention:
+        out += (np.stack(attention, axis=1),)
+    return out
 
 
 def next_token_loss(weights, hparams, tokens):

@@ -40,6 +40,7 @@ def corpus(tmp_path_factory):
 # 1. Quiet by default.
 
 
+@pytest.mark.slow
 def test_scripts_print_no_tensorflow_log_lines(tmp_path, tiny_model, corpus):
     models_dir, name, _ = tiny_model
     model = ["--models_dir", models_dir, "--model_name", name]
@@ -282,6 +283,7 @@ def test_every_flag_a_message_names_exists(script):
 # 3. Non-finite weights are never saved nor sampled from.
 
 
+@pytest.mark.slow
 def test_diverging_run_keeps_its_last_good_checkpoint(tmp_path, tiny_model, corpus):
     """A learning rate so large that the loss overflows: the bad updates are skipped, the run stops
     with exit status 1 after --max_nonfinite of them, and its newest checkpoint is finite and usable."""

@@ -82,6 +82,7 @@ def replicas(tiny_model, code):
     return json.loads(done.stdout.splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_clipping_and_float16_skips_see_the_sum_over_replicas(tiny_model):
     """--grad_clip clips the norm of the gradient summed over the replicas (each replica's own was
     clipped before: 37% more than one device); an overflow on replica 1 alone skips the float16 update

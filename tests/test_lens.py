@@ -3,13 +3,11 @@
 import html.parser
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from cli_checks import TF_LOG, assert_refused, snapshot
+from cli_checks import TF_LOG, assert_refused, run_tool, snapshot
 from numpy_gpt2 import forward, layer_norm
 
 from gpt2_tf.checkpoint import load_model
@@ -102,9 +100,7 @@ def test_position_outside_the_tokens_is_refused(loaded):
 
 
 def run_lens(*argv):
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    return subprocess.run([sys.executable, os.path.join(ROOT, "lens.py"), *argv], capture_output=True,
-                          text=True, env=env, timeout=300)
+    return run_tool("lens.py", *argv)
 
 
 class Page(html.parser.HTMLParser):
@@ -152,12 +148,57 @@ def test_lens_script_writes_the_tables_and_files(loaded, tiny_model, tmp_path):
     page.feed(text)
     assert "table" in page.tags and "script" not in page.tags and "link" not in page.tags
     assert not {"src", "href"} & set(page.attributes) and "http" not in text and "url(" not in text
-    assert len(page.titles) == len(layers) * (prompt + 3 + 3)  # every position's cell and every watched one
+    # Every position's cell (the last one too), every watched one, and each piece of the text above.
+    assert len(page.titles) == len(layers) * (prompt + 4 + 3) + len(data["spans"])
     with open(files["png"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     import matplotlib.image
 
     assert matplotlib.image.imread(files["png"]).shape[0] > 100
+
+
+def test_lens_script_shows_split_characters_as_text(tiny_model, tmp_path):
+    """Chinese, an emoji and a combining mark: every view shows characters, or a token's bytes beside
+    the character it is part of, never U+FFFD; --prefix eot starts with the document token."""
+    models_dir, name, _ = tiny_model
+    prompt = "这是一个测试 😀 e\u0301"
+    files = {kind: str(tmp_path / f"lens.{kind}") for kind in ("json", "html", "png")}
+    out = run_lens("--models_dir", models_dir, "--model_name", name, "--prompt", prompt, "--prefix", "eot",
+                   "--position", "2", "--watch", " 测",
+                   *(a for kind, path in files.items() for a in (f"--{kind}", path)))
+    assert out.returncode == 0, out.stderr
+    assert "Glyph" not in out.stderr and len(out.stderr.splitlines()) <= 2  # the --watch and font notes
+    assert "\ufffd" not in out.stdout
+    assert out.stdout.startswith("Position 2: '\\x99' (这), followed by '是'\n")
+    data = json.load(open(files["json"], encoding="utf-8"))
+    assert data["tokens"][0] == 50256 and data["prompt_length"] == len(data["tokens"])
+    assert "".join(text for _, _, text in data["spans"]) == "<|endoftext|>" + prompt
+    assert data["text"][1:3] == ["\\xe8\\xbf", "\\x99"]
+    page = open(files["html"], encoding="utf-8").read()
+    assert "\ufffd" not in page and '<th colspan="2" title="token 1: id' in page and ">这</th>" in page
+
+
+def test_ecco_preset_is_no_final_ln_in_eccos_numbering(tiny_model, tmp_path):
+    models_dir, name, _ = tiny_model
+    base = ["--models_dir", models_dir, "--model_name", name, "--prompt", "The keys to the cabinet",
+            "--watch", " is", "--quiet"]
+    ours = run_lens(*base, "--no_final_ln", "--position", "3", "--json", str(tmp_path / "ours.json"))
+    ecco = run_lens(*base, "--ecco", "--position", "4", "--json", str(tmp_path / "ecco.json"))
+    assert ours.returncode == 0 and ecco.returncode == 0, ours.stderr + ecco.stderr
+    ours, ecco = (json.load(open(tmp_path / f"{n}.json", encoding="utf-8")) for n in ("ours", "ecco"))
+    assert ecco["layers"] == [str(i) for i in range(len(ours["layers"]) - 1)] and ecco["position"] == 3
+    for key in ("top_k", "rank_of_next", "entropy", "kl_to_final"):
+        assert ecco[key] == ours[key][1:], key
+    assert ecco["watch"]["rank"] == ours["watch"]["rank"][1:] and ecco["final_ln"] is False
+    refused = run_lens(*base, "--ecco", "--position", "0")
+    assert refused.returncode == 2 and "counts the token predicted: 1 to 5" in refused.stderr
+
+
+def test_lens_png_of_a_one_token_prompt_has_its_column(tiny_model, tmp_path):
+    models_dir, name, _ = tiny_model
+    out = run_lens("--models_dir", models_dir, "--model_name", name, "--prompt", "Hi", "--png",
+                   str(tmp_path / "one.png"), "--quiet")
+    assert out.returncode == 0 and out.stderr == "", out.stderr
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -156,6 +156,7 @@ WITHOUT_TENSORFLOW = ("import atexit, runpy, sys; atexit.register(lambda: print(
                       "runpy.run_path('sample.py', run_name='__main__')")
 
 
+@pytest.mark.slow
 def test_sample_py_runs_a_litert_model_without_tensorflow(tiny_model, tiny_litert):
     """sample.py --model_name names a LiteRT folder as any model: the same text as the checkpoint's
     (float32, greedy and seeded, a ragged --prompts batch, the generation controls), no log lines,
@@ -257,13 +258,10 @@ def test_sample_py_runs_where_tensorflow_is_not_installed(tiny_model, tiny_liter
 
 
 @pytest.mark.slow
-def test_int8_perplexity_is_within_one_percent_of_float32_on_a_trained_model(tmp_path):
+def test_int8_perplexity_is_within_one_percent_of_float32_on_a_trained_model(demo_run):
     """The demo's model (trained on the Python standard library with its own BPE vocabulary), as
     LiteRT float32 and int8: score.py's perplexity on the held-out files differs by less than 1%."""
-    work = tmp_path / "demo"
-    subprocess.run([sys.executable, "-m", "gpt2_tf.cli.demo", "--work_dir", str(work)], cwd=ROOT, check=True,
-                   capture_output=True)
-    run = str(work / "checkpoint" / "demo")
+    work, run = demo_run
     ppl = {}
     for quantize in ("float32", "int8"):
         folder = work / "models" / f"demo-{quantize}"

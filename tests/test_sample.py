@@ -93,6 +93,7 @@ def test_top_k_then_top_p():
     assert kept(top_p_logits(top_k_logits(logits, 3), 0.7)) == [[True, True, False, False]]
 
 
+@pytest.mark.slow
 def test_top_k_draws_among_the_largest_the_token_drawn_over_the_whole_vocabulary():
     """Outside XLA, top-k draws among the k largest logits only (sample.py's _draw_top_k): the token
     drawn over the whole vocabulary (_draw_all), for every step, row and setting, also where the
@@ -301,6 +302,29 @@ def test_too_long_prompt_is_refused_or_truncated(tiny_model, capsys):
         else:
             with pytest.raises(SystemExit):
                 cli(tiny_model, *argv)
+
+
+def test_prefix_eot_starts_the_prompt_with_the_document_token(tiny_model, capsys):
+    """--prefix eot continues <|endoftext|> + the prompt (as KerasHub's and Hugging Face's users
+    start prompts); a literal '<|endoftext|>' in the text stays text; --truncate_prompt keeps the token."""
+    models_dir, name, _ = tiny_model
+    model, _ = load_model(os.path.join(models_dir, name))
+    enc = get_encoder(name, models_dir)
+    tokens = enc.encode("The cabinet")
+    argv = ["--prompt", "The cabinet", "--length", "6", "--temperature", "0", "--output_format", "jsonl"]
+    got = json.loads(cli(tiny_model, *argv, "--prefix", "eot"))["text"]
+    expected = sample_sequence(model, 6, context=[[enc.eot_token] + tokens], temperature=0)[0, -6:]
+    assert got == enc.decode(expected)
+    assert got != json.loads(cli(tiny_model, *argv))["text"]
+    literal = json.loads(cli(tiny_model, *argv[:1], "<|endoftext|>The cabinet", *argv[2:]))["text"]
+    assert literal == enc.decode(sample_sequence(model, 6, context=[enc.encode("<|endoftext|>The cabinet")],
+                                                 temperature=0)[0, -6:])
+    long = " word" * 70
+    cut = json.loads(cli(tiny_model, "--prompt", long, "--length", "10", "--temperature", "0", "--prefix",
+                         "eot", "--truncate_prompt", "--output_format", "jsonl"))["text"]
+    kept = [enc.eot_token] + enc.encode(long)[-54:]
+    assert cut == enc.decode(sample_sequence(model, 10, context=[kept], temperature=0)[0, -10:])
+    assert "prompt cut from 71 to its last 55 tokens" in capsys.readouterr().err
 
 
 def test_cli_errors_are_one_line_and_output_is_utf8(tiny_model, tmp_path):

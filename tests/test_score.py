@@ -211,7 +211,32 @@ def test_score_script_table_json_tsv_html(loaded, tiny_model, tmp_path, vocab_di
     assert -sum(float(c[4]) for c in cells) == pytest.approx(total["nll"], rel=1e-6)
     assert sum(int(c[5]) == 1 for c in cells) == total["correct"]
     page = (tmp_path / "s.html").read_text(encoding="utf-8")
-    assert page.count("<span") == total["tokens"] and "<script" not in page and "http" not in page
+    # One piece per token but for the snowman, whose three bytes are two tokens.
+    assert page.count("<span") == total["tokens"] - 1 and "<script" not in page and "http" not in page
+    assert " \u2603</span>" in page
+
+
+def test_score_views_show_split_characters_as_text(tiny_model, tmp_path, vocab_dir):
+    """The issue's own text: the HTML shows characters (one piece per character, however many tokens
+    it took), the TSV each token's bytes, never U+FFFD."""
+    from gpt2_tf.token_text import spans
+
+    models_dir, name, _ = tiny_model
+    text = "第一章 / 很久很久以前，有一个小女孩。😀"
+    (tmp_path / "zh.txt").write_text(text, encoding="utf-8")
+    out = run_score(str(tmp_path / "zh.txt"), "--models_dir", models_dir, "--model_name", name, "--quiet",
+                    "--tsv", str(tmp_path / "s.tsv"), "--html", str(tmp_path / "s.html"))
+    assert out.returncode == 0, out.stderr
+    enc = get_encoder(name, models_dir)
+    tokens = enc.encode(text)
+    page = (tmp_path / "s.html").read_text(encoding="utf-8")
+    assert "\ufffd" not in page and page.count("<span") == len(spans(enc, tokens)) < len(tokens)
+    assert ">第</span>" in page and ">孩</span>" in page
+    cells = [row.split("\t")[3] for row in (tmp_path / "s.tsv").read_text(encoding="utf-8").splitlines()[1:]]
+    assert len(cells) == len(tokens) and "\ufffd" not in "".join(cells)
+    # Unescaped, the cells are the text's bytes.
+    data = b"".join(re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m[1], 16)]), c.encode()) for c in cells)
+    assert data.decode("utf-8") == text
 
 
 @pytest.mark.slow

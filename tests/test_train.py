@@ -556,7 +556,7 @@ def read_until(process, pattern, timeout=120):
     raise AssertionError(f"no line matching {pattern!r} in {lines}")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGTERM, marks=pytest.mark.slow), signal.SIGINT])
 def test_signals_save_and_exit_128_plus_the_signal(tmp_path, tiny_model, data, sig):
     process = start_training(tmp_path, tiny_model, data, stderr=subprocess.PIPE)
     read_until(process, r"^\[3 \| ")
@@ -592,6 +592,7 @@ def kill_while_saving(tmp_path, tiny_model, data, capsys, seed):
     check_loadable_after_kill(tmp_path, tiny_model, data, capsys)
 
 
+@pytest.mark.slow
 def test_kill_9_while_saving_leaves_a_loadable_run(tmp_path, tiny_model, data, capsys):
     kill_while_saving(tmp_path, tiny_model, data, capsys, seed=0)
 
@@ -615,6 +616,7 @@ train.main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_two_replicas_match_one_device(tmp_path, tiny_model, data, capsys):
     common = ["--steps", "3", "--batch_size", "4", "--noise", "0.1", "--learning_rate", "0.001",
               "--sample_every", "2", "--val_every", "3", "--val_batch_size", "3", "--val_batch_count", "2"]
@@ -722,6 +724,7 @@ def test_nonfinite_weights_are_never_saved(tmp_path, tiny_model):
     assert all(np.isfinite(array).all() for array in saved.values())
 
 
+@pytest.mark.slow
 def test_several_replicas_skip_nonfinite_steps_and_stop_after_too_many(tmp_path, tiny_model, data):
     """Across replicas a bad update is skipped as on one device; after --max_nonfinite in a row the run
     saves its last good weights and stops with exit status 1."""

@@ -152,6 +152,27 @@ def check_output_file(path, flag="the output", inputs=()):
             raise UsageError(f"{flag} {path} is also an input; give another output file")
 
 
+def add_view_flags(parser, json_help, html_help, png_help):
+    """A view's output flags (lens.py, attention.py): --json, --html and --png FILE, and --quiet."""
+    parser.add_argument("--json", metavar="FILE", help=json_help)
+    parser.add_argument("--html", metavar="FILE", help=html_help)
+    parser.add_argument("--png", metavar="FILE", help=png_help + " (needs matplotlib)")
+    parser.add_argument("--quiet", action="store_true", help="print no table (write only the files)")
+
+
+def check_view_files(args):
+    """The output files of a view (lens.py, attention.py): --json, --html and --png can be written, and
+    --png has matplotlib. Raises UsageError."""
+    for flag in ("json", "html", "png"):
+        if getattr(args, flag):
+            check_output_file(getattr(args, flag), f"--{flag}")
+    if args.png:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--png needs matplotlib: pip install matplotlib (or use --html)") from None
+
+
 def check_folder_or_new(path, flag):
     """Raise UsageError when no folder can be written at `path`: it, or a folder above it, is a file,
     or the nearest folder that exists cannot be written in. A folder that does not exist yet is fine

@@ -6,9 +6,10 @@ import sys
 
 from gpt2_tf import lens_report
 from gpt2_tf.checkpoint_files import CheckpointError
-from gpt2_tf.cli import Parser, UsageError, check_output_file, integer, number, run_script
-from gpt2_tf.cli.model_flags import add_model_flags, check_model_flags
+from gpt2_tf.cli import Parser, UsageError, add_view_flags, check_view_files, integer, number, run_script
+from gpt2_tf.cli.model_flags import add_model_flags, add_prefix_flag, check_model_flags, prefixed
 from gpt2_tf.files import is_stdout
+from gpt2_tf.token_text import Labels, quoted
 
 
 def make_parser():
@@ -16,6 +17,7 @@ def make_parser():
                            "show what GPT-2 would predict after each layer.")
     add_model_flags(p, "use the newest checkpoint of checkpoint_dir/run_name (fine-tuned)")
     p.add_argument("--prompt", required=True, help="the text to look at")
+    add_prefix_flag(p)
     p.add_argument("--position", type=integer(0), default=None,
                    help="token position of the per-layer table and the watched tokens (default: the last "
                         "prompt token)")
@@ -32,11 +34,12 @@ def make_parser():
     p.add_argument("--seed", type=integer(0, 2**31 - 1), default=None, help="for --generate")
     p.add_argument("--no_final_ln", action="store_true",
                    help="project the layers before the last without ln_f (Ecco's variant)")
-    p.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
-    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML page of the heatmaps")
-    p.add_argument("--png", metavar="FILE",
-                   help="draw the rank heatmap and the watched tokens (needs matplotlib)")
-    p.add_argument("--quiet", action="store_true", help="print no table (write only the files)")
+    p.add_argument("--ecco", action="store_true",
+                   help="Ecco's conventions: --no_final_ln, no row for the embeddings, layers numbered "
+                        "from 0 (Ecco's layer 0 is our 1), and --position counting the token predicted "
+                        "(Ecco's position=6 is our --position 5)")
+    add_view_flags(p, "write the numbers as JSON", "write a self-contained HTML page of the heatmaps",
+                   "draw the rank heatmap and the watched tokens")
     p.add_verbose()
     return p
 
@@ -47,21 +50,17 @@ def check_args(args):
     if not args.prompt:
         raise UsageError("the prompt is empty: give --prompt some text")
     files = check_model_flags(args)
-    for flag in ("json", "html", "png"):
-        if getattr(args, flag):
-            check_output_file(getattr(args, flag), f"--{flag}")
-    if args.png:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise UsageError("--png needs matplotlib: pip install matplotlib (or use --html)") from None
+    check_view_files(args)
     enc = files.encoder()
-    prompt = enc.encode(args.prompt)
+    prompt = prefixed(enc, args.prefix, enc.encode(args.prompt))
     n_ctx = files.hparams.n_ctx
     if len(prompt) + args.generate > n_ctx:
         raise UsageError(f"the prompt has {len(prompt)} tokens" + (f" and --generate adds {args.generate}"
                          if args.generate else "") + f": at most n_ctx = {n_ctx} together")
-    if args.position is not None and not 0 <= args.position < len(prompt):
+    if args.ecco and args.position is not None and not 1 <= args.position <= len(prompt):
+        raise UsageError(f"--position {args.position} with --ecco counts the token predicted: 1 to "
+                         f"{len(prompt)} for the prompt's {len(prompt)} tokens")
+    if not args.ecco and args.position is not None and not 0 <= args.position < len(prompt):
         raise UsageError(f"--position {args.position} is outside the prompt's {len(prompt)} tokens (0 to "
                          f"{len(prompt) - 1})")
     watch_ids = []
@@ -95,7 +94,7 @@ def run(args, out=None, checked=None):
     requested files. `checked`: what lens.py's check_args returned (the model's files, the encoder,
     the prompt's tokens, the watched ids)."""
     from gpt2_tf.devices import grow_gpu_memory
-    from gpt2_tf.lens import logit_lens
+    from gpt2_tf.lens import ecco_rows, logit_lens
     from gpt2_tf.model_files import load
     from gpt2_tf.sample import sample_sequence
 
@@ -104,29 +103,31 @@ def run(args, out=None, checked=None):
     out = out or (sys.stderr if any(is_stdout(path) for path in outputs) else sys.stdout)
     grow_gpu_memory()
     model, hparams, _ = load(files)
-    position = len(prompt) - 1 if args.position is None else args.position
+    final_norm = not (args.no_final_ln or args.ecco)
+    position = len(prompt) - 1 if args.position is None else args.position - args.ecco
     tokens = prompt
     if args.generate:
         tokens = sample_sequence(model, args.generate, context=[prompt], temperature=args.temperature,
                                  top_k=args.sample_top_k, top_p=args.top_p, seed=args.seed)[0].tolist()
-    lens = logit_lens(model, tokens, position, args.top_k, watch_ids, final_norm=not args.no_final_ln)
+    lens = logit_lens(model, tokens, position, args.top_k, watch_ids, final_norm=final_norm)
+    if args.ecco:
+        lens = ecco_rows(lens)
 
-    def decode(token):
-        return enc.decode([token])
-
-    texts = [decode(t) for t in tokens]
-    watch_texts = [decode(t) for t in watch_ids]
+    labels = Labels(enc, tokens)
     if not args.quiet:
-        lines = lens_report.layer_table(lens, texts, watch_texts, decode)
+        lines = lens_report.layer_table(lens, labels)
+        if args.ecco:
+            lines.insert(0, f"Ecco's conventions: position={position + 1} (the token predicted), layers 0 to "
+                            f"{len(lens.layers) - 1} (the blocks' outputs), no ln_f before the last")
         if args.generate:
-            lines += [""] + lens_report.rank_table(lens, texts, len(prompt) - 1)
+            lines += [""] + lens_report.rank_table(lens, labels, len(prompt) - 1)
         print("\n".join(lines), file=out)
-    title = f"{args.run_name or args.model_name}: {args.prompt!r}"
+    title = f"{args.run_name or args.model_name}: {quoted(args.prompt)}"
     if args.json:
-        lens_report.write_json(args.json, lens_report.to_json(lens, texts, watch_texts, len(prompt),
-                                                              not args.no_final_ln))
+        data = lens_report.to_json(lens, labels, len(prompt), final_norm)
+        lens_report.write_json(args.json, data)
     if args.html:
-        lens_report.write_html(args.html, lens, texts, watch_texts, decode, hparams.n_vocab, title)
+        lens_report.write_html(args.html, lens, labels, hparams.n_vocab, title, len(prompt))
     if args.png:
-        lens_report.write_png(args.png, lens, texts, watch_texts, decode, hparams.n_vocab, title)
+        lens_report.write_png(args.png, lens, labels, hparams.n_vocab, title, len(prompt))
     return lens

@@ -31,3 +31,22 @@ def check_litert(files):
 
     if importlib.util.find_spec("ai_edge_litert") is None:
         raise UsageError(f"{files.weights} is a LiteRT model, and LiteRT is not installed: {INSTALL}")
+
+
+def add_prefix_flag(parser):
+    """--prefix none|eot: whether the prompt follows GPT-2's document token (score.py has its own,
+    eot by default, for documents)."""
+    parser.add_argument("--prefix", choices=["none", "eot"], default="none",
+                        help="eot: the prompt starts with the <|endoftext|> token, as KerasHub's "
+                             "preprocessor and Hugging Face's bos_token start it (a literal '<|endoftext|>' "
+                             "in a prompt is text, as in the original)")
+
+
+def prefixed(enc, prefix, tokens):
+    """A prompt's tokens after the document token where prefix is "eot". Raises UsageError for a
+    vocabulary without one."""
+    if prefix != "eot":
+        return tokens
+    if enc.eot_token is None:
+        raise UsageError("the vocabulary has no <|endoftext|> token: --prefix eot cannot be used")
+    return [enc.eot_token] + list(tokens)

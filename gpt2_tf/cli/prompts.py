@@ -9,7 +9,7 @@ import json
 import sys
 
 from gpt2_tf.cli import UsageError, check_fits
-from gpt2_tf.cli.model_flags import check_model_flags
+from gpt2_tf.cli.model_flags import check_model_flags, prefixed
 from gpt2_tf.dataset import DatasetError, read_text
 from gpt2_tf.encoder import Encoder
 from gpt2_tf.model_files import ModelFiles
@@ -45,7 +45,7 @@ def prepare(args):
     length = args.length or (n_ctx if not (args.interactive or any(texts)) else n_ctx // 2)
     if args.interactive:
         fit(enc, "", length, n_ctx, shift, False)  # the --length alone must fit
-    prompts = [fit(enc, text, length, n_ctx, shift, args.truncate_prompt) for text in texts]
+    prompts = [fit(enc, text, length, n_ctx, shift, args.truncate_prompt, args.prefix) for text in texts]
     hp = files.hparams
     jobs = len(texts or [""]) * args.nsamples if args.nsamples else args.batch_size
     rows = min(args.batch_size, jobs)  # rows drawn together: each holds keys and values of n_ctx positions
@@ -95,13 +95,15 @@ def read_prompts(path, encoding="utf-8", errors="strict"):
     return prompts
 
 
-def fit(enc, text, length, n_ctx, shift=None, truncate=False):
-    """The tokens of prompt `text`, checked against the model's n_ctx positions: without a window
-    shift, the prompt (or the one start token of an unconditional sample) and the `length` new tokens
-    take at most n_ctx + 1 tokens (the last one drawn is never fed back); with one, the prompt takes
-    at most n_ctx. A prompt that does not fit is cut from the left with `truncate` (with a warning),
-    else refused (UsageError)."""
-    tokens = enc.encode(text)
+def fit(enc, text, length, n_ctx, shift=None, truncate=False, prefix="none"):
+    """The tokens of prompt `text` (after the document token with prefix "eot"), checked against the
+    model's n_ctx positions: without a window shift, the prompt (or the one start token of an
+    unconditional sample) and the `length` new tokens take at most n_ctx + 1 tokens (the last one
+    drawn is never fed back); with one, the prompt takes at most n_ctx. A prompt that does not fit is
+    cut from the left with `truncate` (with a warning; the document token stays), else refused
+    (UsageError)."""
+    head = prefixed(enc, prefix, []) if text else []
+    tokens = head + enc.encode(text)
     if shift is None and length > n_ctx:
         raise UsageError(f"Can't get samples longer than window size: {n_ctx} (--length {length}; "
                          "--sliding_window goes on past it)")
@@ -116,4 +118,4 @@ def fit(enc, text, length, n_ctx, shift=None, truncate=False):
                          f"together at most n_ctx + 1 = {n_ctx + 1} (the last token drawn is not fed back); "
                          "shorten the prompt, lower --length, or pass --truncate_prompt or --sliding_window")
     print(f"warning: prompt cut from {len(tokens)} to its last {limit} tokens", file=sys.stderr)
-    return tokens[-limit:]
+    return head + tokens[len(tokens) - limit + len(head):]

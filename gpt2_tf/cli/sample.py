@@ -24,7 +24,7 @@ from gpt2_tf.cli import (
     number,
     run_script,
 )
-from gpt2_tf.cli.model_flags import add_model_flags, check_litert
+from gpt2_tf.cli.model_flags import add_model_flags, add_prefix_flag, check_litert
 from gpt2_tf.cli.prompts import fit, prepare
 
 
@@ -45,6 +45,7 @@ def make_parser():
     add_control_flags(p)
     p.add_argument("--prompt", default=None, help="text to continue")
     p.add_argument("--prompt_file", default=None, help="file whose text to continue (see --encoding)")
+    add_prefix_flag(p)
     p.add_argument("--prompts", default=None, metavar="FILE",
                    help="many prompts: one per line, or JSON Lines ({\"prompt\": ...}) in a .jsonl file; "
                         "generated --batch_size rows at a time, in the file's order")
@@ -220,7 +221,7 @@ def run(args, out=None, prepared=None):
             continue
         try:
             tokens = fit(prepared.enc, text, prepared.length, hparams.n_ctx, prepared.shift,
-                         args.truncate_prompt)
+                         args.truncate_prompt, args.prefix)
         except UsageError as e:
             print(f"error: {e}", file=sys.stderr)
             continue

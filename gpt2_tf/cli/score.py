@@ -148,13 +148,9 @@ def run(args, files, out=None, model=None):
         settings = {"model": args.run_name or args.model_name, "context": context, "stride": stride,
                     "prefix": prefix, "compat": args.compat}
         write_json(args.json, to_json(settings, rows, total))
-
-    def decode(token):
-        return enc.decode([token])
-
     if args.tsv:
-        write_tsv(args.tsv, scored, decode)
+        write_tsv(args.tsv, scored, enc)
     if args.html:
         names = ", ".join(s.document.name for s in scored[:3]) + (", ..." if len(scored) > 3 else "")
-        write_html(args.html, scored, decode, f"{args.run_name or args.model_name}: {names}")
+        write_html(args.html, scored, enc, f"{args.run_name or args.model_name}: {names}")
     return total
