@@ -11,10 +11,11 @@ configuration runs in its own process; with --repeats N each is run N times and 
     bash bench/setup_peers.sh        # once: the peers' environments, outside the repository
     python bench/sample.py           # all of ours and both peers
     python bench/sample.py --only ours-xla-float32 --repeats 3
-    python bench/sample.py --only ours-xla-float32 ours-xla-float32-controls   # the generation controls
+    python bench/sample.py --only ours-xla-float32-controls litert-int8-controls   # the controls' cost
 
 `-controls`: every generation control on (repetition 1.2, frequency 0.5, presence 0.5, no-repeat 3,
-min_p 0.05), shown against the same configuration without them.
+min_p 0.05), against the same generation without them, timed in turn in the same process (5 calls of
+each, alternating; "vs no controls" is the ratio of the medians).
 
 The LiteRT and CTranslate2 models are converted once (convert.py's LiteRT writer; transformers'
 model through ct2-transformers-converter) and kept in GPT2_BENCH_ENVS.
@@ -72,10 +73,13 @@ def prompt(batch, ragged=False):
     return [row[:PROMPT - 8 + (2 * i + 1) % 16] for i, row in enumerate(tokens)]
 
 
-def measure(first_token, generate, calls=3):
+def measure(first_token, generate, calls=3, without=None):
     """Times a generate(batch) callable: cold and warm time to first token, then new tokens/s.
 
     Tokens/s is the median of `calls` timed calls (this shared machine's speed drifts within seconds).
+    `without`: the same generation without the controls, timed in turn with `generate` in the same
+    process (one call of each, `calls` times), as tokens_per_s_without: processes run one after the
+    other differed by more than the controls cost.
     """
     results = {}
     for batch in (1, 8):
@@ -83,16 +87,22 @@ def measure(first_token, generate, calls=3):
         first_token(batch)
         cold = time.perf_counter() - start
         generate(batch)  # compile / warm up the whole loop
+        if without:
+            without(batch)
         start = time.perf_counter()
         first_token(batch)
         warm = time.perf_counter() - start
-        seconds = []
+        seconds, plain = [], []
         for _ in range(calls):
-            start = time.perf_counter()
-            generate(batch)
-            seconds.append(time.perf_counter() - start)
+            for call, times in ((without, plain), (generate, seconds)):
+                if call:
+                    start = time.perf_counter()
+                    call(batch)
+                    times.append(time.perf_counter() - start)
         results[batch] = {"ttft_cold": cold, "ttft_warm": warm,
                           "tokens_per_s": batch * NEW / statistics.median(seconds)}
+        if without:
+            results[batch]["tokens_per_s_without"] = batch * NEW / statistics.median(plain)
     return results
 
 
@@ -111,13 +121,16 @@ def run_ours(compile_mode, dtype, ragged=False, with_controls=False):
         state = generator.start(prompt(batch, ragged), NEW, **settings)
         state.tokens.numpy()
 
-    def generate(batch):
-        state = generator.start(prompt(batch, ragged), NEW, **settings)
-        generator.extend(state, NEW - 1)
-        state.new_tokens()
+    def generation(on):
+        def generate(batch):
+            state = generator.start(prompt(batch, ragged), NEW, **{**settings, "controls": controls(on)})
+            generator.extend(state, NEW - 1)
+            state.new_tokens()
+        return generate
 
     tf.random.set_seed(0)
-    return measure(first_token, generate)
+    return measure(first_token, generation(with_controls), calls=5 if with_controls else 3,
+                   without=generation(False) if with_controls else None)
 
 
 def litert_model(quantize):
@@ -157,11 +170,14 @@ def run_litert(quantize, with_controls=False):
     def first_token(batch):
         generator.start(prompt(batch), NEW, **settings)
 
-    def generate(batch):
-        state = generator.start(prompt(batch), NEW, **settings)
-        generator.extend(state, NEW - 1)
+    def generation(on):
+        def generate(batch):
+            state = generator.start(prompt(batch), NEW, **{**settings, "controls": controls(on)})
+            generator.extend(state, NEW - 1)
+        return generate
 
-    return measure(first_token, generate)
+    return measure(first_token, generation(with_controls), calls=5 if with_controls else 3,
+                   without=generation(False) if with_controls else None)
 
 
 def ct2_model(quantization):
@@ -290,9 +306,8 @@ def main():
     against = [("best peer", lambda b: max(p[b]["tokens_per_s"] for p in peers) if peers else None)]
     against += [(ref, lambda b, ref=ref: rows[ref][b]["tokens_per_s"])
                 for ref in ("ours-xla-float32", "ct2-int8") if ref in rows]
-    # and a -controls row against the same configuration without them
-    against.append(("no controls", lambda b, name: rows.get(name.replace("-controls", ""), {}).get(b, {})
-                    .get("tokens_per_s") if name.endswith("-controls") else None))
+    # and a -controls row against the same generation without them, timed in turn in its process
+    against.append(("no controls", lambda b, name: rows[name][b].get("tokens_per_s_without")))
     heads = "".join(f" {f'b{b} vs {title}':>22}" for title, _ in against for b in ("1", "8"))
     print(f"\n{'configuration':24} {'b1 tok/s':>9} {'b8 tok/s':>9} {'ttft cold':>10} {'ttft warm':>10}"
           + heads)
