@@ -70,12 +70,6 @@ def to_json(weights, labels, prompt, prefix):
     }
 
 
-def write_json(path, data):
-    with atomic_write(path, encoding="utf-8") as f:
-        json.dump(data, f, ensure_ascii=False)
-        f.write("\n")
-
-
 def span_weights(weights, labels):
     """The weights between spans (a character split across tokens is one span): a query span looks from
     its last token (the first to hold the whole character), and its weight on a key span is the sum

@@ -43,13 +43,13 @@ def pyplot():
 
 def drawable(text):
     """Text with every character that no font in use can draw written as its escape (after pyplot())."""
-    families, drawn = _fonts
+    drawn = _fonts[1]
     out = []
     for c in text:
         if ord(c) in drawn or c.isspace():
             out.append(c)
             continue
-        if c not in _missing and not _missing:
+        if not _missing:
             print("note: no installed font draws some of the characters (e.g. " + repr(c) + "): they are "
                   "written as \\u escapes; install a CJK font (e.g. fonts-noto-cjk, then delete "
                   "matplotlib's font cache) to see them", file=sys.stderr)

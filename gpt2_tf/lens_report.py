@@ -119,7 +119,7 @@ def write_html(path, lens, labels, n_vocab, title, prompt_length):
     def next_row(layer):
         cells = []
         for i in positions:
-            rank = int(lens.rank_of_next[layer, i]) if i + 1 < len(positions) else 0
+            rank = int(lens.rank_of_next[layer, i])  # 0 at the last position: no next token
             text = labels.token(lens.top_ids[layer, i, 0]) + (f"\n#{rank}" if rank else "")
             cells.append(cell(rank, text, layer, i, divider=i == prompt_length - 1 and i > 0))
         return "".join(cells)
@@ -171,9 +171,8 @@ def write_page(path, title, parts):
 def tick_label(labels, i):
     """Position i's label on a figure's axis: its text, and below it its span's characters where the
     token is only part of them."""
-    span = labels.span_at[i]
-    text = quoted(labels.text(i))[1:-1]
-    return text if span.stop - span.start == 1 else f"{text}\n({span.text})"
+    text, piece = quoted(labels.text(i))[1:-1], labels.piece(i)
+    return text if piece is None else f"{text}\n({piece})"
 
 
 def write_png(path, lens, labels, n_vocab, title, prompt_length):
@@ -181,6 +180,7 @@ def write_png(path, lens, labels, n_vocab, title, prompt_length):
     colour scale; in each cell the layer's top token and the rank), a divider after the prompt, and
     the watched tokens' ranks per layer (or, without watched tokens, the top tokens' probabilities at
     lens.position per layer)."""
+    import numpy as np
     from matplotlib.colors import LogNorm
 
     from gpt2_tf.figures import drawable, pyplot
@@ -189,16 +189,15 @@ def write_png(path, lens, labels, n_vocab, title, prompt_length):
     positions, n_layers = len(labels.tokens), len(lens.layers)
     fig, (ax, side) = plt.subplots(1, 2, figsize=(max(6.0, 1.1 * positions) + 6, 0.5 * n_layers + 3),
                                    gridspec_kw={"width_ratios": [max(6.0, 1.1 * positions), 5]})
-    ranks = lens.rank_of_next.astype(float)
-    ranks[:, -1] = float("nan")  # the last position's next token is not known
+    ranks = np.where(lens.rank_of_next > 0, lens.rank_of_next, np.nan)  # grey where no next token
     image = ax.imshow(ranks, cmap="Blues_r", norm=LogNorm(vmin=1, vmax=n_vocab), aspect="auto")
     ax.set_facecolor("#ddd")
     for layer in range(n_layers):
         for i in range(positions):
-            rank = lens.rank_of_next[layer, i]
-            dark = i < positions - 1 and math.log(max(rank, 1)) / math.log(n_vocab) < 0.45
+            rank = lens.rank_of_next[layer, i]  # 0 at the last position: no next token
+            dark = rank > 0 and math.log(rank) / math.log(n_vocab) < 0.45
             top = drawable(quoted(labels.token_text(lens.top_ids[layer, i, 0]))[1:-1][:10])
-            ax.text(i, layer, top + (f"\n#{rank}" if i < positions - 1 else ""), ha="center", va="center",
+            ax.text(i, layer, top + (f"\n#{rank}" if rank else ""), ha="center", va="center",
                     fontsize=7, color="white" if dark else "black")
     if 0 < prompt_length < positions:
         ax.axvline(prompt_length - 1.5, color="black", linewidth=2)
@@ -213,6 +212,7 @@ def write_png(path, lens, labels, n_vocab, title, prompt_length):
         for j, token in enumerate(lens.watch_ids):
             side.plot(lens.watch_rank[:, j], range(n_layers), marker="o", label=drawable(labels.token(token)))
         side.set_xscale("log")
+        side.set_yticks(range(n_layers), lens.layers)
         side.set_xlabel("rank")
         side.set_title(drawable(f"watched tokens at position {at} ({quoted(labels.text(at))})"), fontsize=9)
         side.legend(fontsize=8)
@@ -224,8 +224,6 @@ def write_png(path, lens, labels, n_vocab, title, prompt_length):
         side.set_xlabel("probability (%)")
         side.set_title(drawable(f"top tokens after position {at} ({quoted(labels.text(at))})"), fontsize=9)
     side.invert_yaxis()
-    if lens.watch_ids:
-        side.set_yticks(range(n_layers), lens.layers)
     fig.suptitle(drawable(title))
     fig.tight_layout()
     with atomic_write(path) as f:

@@ -89,12 +89,16 @@ class Labels:
         """Token i's own text (token_text)."""
         return token_text(self.enc, self.tokens[i])
 
+    def piece(self, i):
+        """The characters of token i's span where the token is only part of them, else None."""
+        span = self.span_at[i]
+        return span.text if span.stop - span.start > 1 else None
+
     def at(self, i):
         """Token i as a table shows it: quoted, then its span's characters where it is only part of
         them: `'\\xe8\\xbf' (这)`."""
-        span = self.span_at[i]
-        label = quoted(self.text(i))
-        return label if span.stop - span.start == 1 else f"{label} ({span.text})"
+        label, piece = quoted(self.text(i)), self.piece(i)
+        return label if piece is None else f"{label} ({piece})"
 
     def bytes(self, i):
         """Token i's bytes."""

@@ -173,6 +173,15 @@ def check_view_files(args):
             raise UsageError("--png needs matplotlib: pip install matplotlib (or use --html)") from None
 
 
+def tables_stream(args):
+    """Where a view's tables go: stdout, or stderr when one of its --json, --html, --png files is
+    standard output."""
+    from gpt2_tf.files import is_stdout
+
+    written = (getattr(args, flag) for flag in ("json", "html", "png"))
+    return sys.stderr if any(path and is_stdout(path) for path in written) else sys.stdout
+
+
 def check_folder_or_new(path, flag):
     """Raise UsageError when no folder can be written at `path`: it, or a folder above it, is a file,
     or the nearest folder that exists cannot be written in. A folder that does not exist yet is fine

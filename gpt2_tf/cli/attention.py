@@ -6,9 +6,17 @@ import sys
 
 from gpt2_tf import attention_report
 from gpt2_tf.checkpoint_files import CheckpointError
-from gpt2_tf.cli import Parser, UsageError, add_view_flags, check_view_files, integer, run_script
+from gpt2_tf.cli import (
+    Parser,
+    UsageError,
+    add_view_flags,
+    check_view_files,
+    integer,
+    run_script,
+    tables_stream,
+)
 from gpt2_tf.cli.model_flags import add_model_flags, add_prefix_flag, check_model_flags, prefixed
-from gpt2_tf.files import is_stdout
+from gpt2_tf.lens_report import write_json
 from gpt2_tf.token_text import Labels, quoted
 
 
@@ -72,8 +80,7 @@ def run(args, out=None, checked=None):
     from gpt2_tf.model_files import load
 
     files, enc, tokens = checked
-    outputs = [getattr(args, flag) for flag in ("json", "html", "png") if getattr(args, flag)]
-    out = out or (sys.stderr if any(is_stdout(path) for path in outputs) else sys.stdout)
+    out = out or tables_stream(args)
     grow_gpu_memory()
     model, _, _ = load(files)
     weights = model(tf.constant([tokens], tf.int32), return_attention=True)["attention"][0].numpy()
@@ -83,8 +90,7 @@ def run(args, out=None, checked=None):
         print("\n".join(attention_report.summary(weights, labels, position)), file=out)
     title = f"{args.run_name or args.model_name}: {quoted(args.prompt)}"
     if args.json:
-        attention_report.write_json(args.json, attention_report.to_json(weights, labels, args.prompt,
-                                                                        args.prefix))
+        write_json(args.json, attention_report.to_json(weights, labels, args.prompt, args.prefix))
     if args.html:
         attention_report.write_html(args.html, weights, labels, title)
     if args.png:

@@ -6,9 +6,17 @@ import sys
 
 from gpt2_tf import lens_report
 from gpt2_tf.checkpoint_files import CheckpointError
-from gpt2_tf.cli import Parser, UsageError, add_view_flags, check_view_files, integer, number, run_script
+from gpt2_tf.cli import (
+    Parser,
+    UsageError,
+    add_view_flags,
+    check_view_files,
+    integer,
+    number,
+    run_script,
+    tables_stream,
+)
 from gpt2_tf.cli.model_flags import add_model_flags, add_prefix_flag, check_model_flags, prefixed
-from gpt2_tf.files import is_stdout
 from gpt2_tf.token_text import Labels, quoted
 
 
@@ -99,8 +107,7 @@ def run(args, out=None, checked=None):
     from gpt2_tf.sample import sample_sequence
 
     files, enc, prompt, watch_ids = checked
-    outputs = [getattr(args, flag) for flag in ("json", "html", "png") if getattr(args, flag)]
-    out = out or (sys.stderr if any(is_stdout(path) for path in outputs) else sys.stdout)
+    out = out or tables_stream(args)
     grow_gpu_memory()
     model, hparams, _ = load(files)
     final_norm = not (args.no_final_ln or args.ecco)
