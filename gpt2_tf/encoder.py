@@ -80,22 +80,16 @@ class Encoder:
             return " ".join(self._merge_short(token))
         return " ".join(self._merge_long(token))
 
-    def _merge_short(self, token):
-        """The original merge loop (`merges`), to its end: the symbols of the piece."""
-        word = tuple(token)
-        for _, _, merged in self.merges(token):
-            word = merged
-        return word
-
-    def merges(self, token):
-        """The original merge loop, one merge at a time: merge every occurrence of the best-ranked pair,
-        then repeat. Yields (the pair merged, its rank in vocab.bpe, the symbols after the merge)."""
+    def _merge_short(self, token, steps=None):
+        """The original merge loop: merge every occurrence of the best-ranked pair, then repeat. Returns
+        the symbols of the piece; `steps`, a list, gets (the pair merged, its rank, the symbols after
+        the merge) for each merge (`merges`)."""
         word = tuple(token)
         pairs = get_pairs(word)
         while pairs:
             best = min(pairs, key=lambda pair: self.bpe_ranks.get(pair, float("inf")))
             if best not in self.bpe_ranks:
-                return
+                break
             first, second = best
             merged = []
             i = 0
@@ -107,8 +101,17 @@ class Encoder:
                     merged.append(word[i])
                     i += 1
             word = tuple(merged)
-            yield best, self.bpe_ranks[best], word
+            if steps is not None:
+                steps.append((best, self.bpe_ranks[best], word))
             pairs = get_pairs(word)
+        return word
+
+    def merges(self, token):
+        """The original merge loop, one merge at a time, for reading it: [(the pair merged, its rank in
+        vocab.bpe, the symbols after the merge)] of one byte-mapped piece."""
+        steps = []
+        self._merge_short(token, steps)
+        return steps
 
     def _merge_long(self, token):
         """The same merges in O(n log n): a linked list of symbols and a heap of candidate pairs.
