@@ -134,17 +134,20 @@ def run_ours(compile_mode, dtype, ragged=False, with_controls=False):
 
 
 def litert_model(quantize):
-    """The 124M shape with random weights (seed 0) as a LiteRT file, converted once for each version of
-    the code that writes it (its name holds a digest of that code; older files are removed)."""
+    """The 124M shape with random weights (seed 0) as a LiteRT generation file (model.tflite), converted
+    once for each version of the code that writes it (its folder's name holds a digest of that code;
+    older folders are removed)."""
     import glob
     import hashlib
+    import shutil
 
     library = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gpt2_tf")
     digest = hashlib.sha256()
-    for name in ("litert.py", "controls.py", "sample.py", "model.py", "streams.py", "score.py"):
+    for name in ("litert.py", "controls.py", "sample.py", "model.py", "streams.py"):
         with open(os.path.join(library, name), "rb") as f:
             digest.update(f.read())
-    path = os.path.join(ENVS, f"litert-124M-{quantize}-{digest.hexdigest()[:10]}.tflite")
+    folder = os.path.join(ENVS, f"litert-124M-{quantize}-{digest.hexdigest()[:10]}")
+    path = os.path.join(folder, "model.tflite")
     if not os.path.exists(path):
         import tensorflow as tf
 
@@ -152,11 +155,11 @@ def litert_model(quantize):
         from gpt2_tf.litert import write_litert
         from gpt2_tf.model import GPT2
 
-        for old in glob.glob(os.path.join(ENVS, f"litert-124M-{quantize}*.tflite")):
-            os.remove(old)
+        for old in glob.glob(os.path.join(ENVS, f"litert-124M-{quantize}*")):
+            shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
         tf.random.set_seed(0)
-        os.makedirs(ENVS, exist_ok=True)
-        write_litert(GPT2(released("124M")), path, quantize)
+        os.makedirs(folder, exist_ok=True)
+        write_litert(GPT2(released("124M")), folder, quantize, files=["model.tflite"])
     return path
 
 

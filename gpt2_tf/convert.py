@@ -7,7 +7,7 @@ The three formats:
   model.safetensors.index.json, and the tokenizer as vocab.json + merges.txt or as tokenizer.json;
 - "keras_hub": a KerasHub preset folder (GPT2Backbone or GPT2CausalLM).
 Two more are written, never read: "saved_model" (gpt2_tf/serving.py) and "litert" (a LiteRT model
-folder: model.tflite beside hparams.json and the tokenizer; gpt2_tf/litert.py).
+folder: model.tflite and score.tflite beside hparams.json and the tokenizer; gpt2_tf/litert.py).
 
 Each reader gives a `ModelData`: hyperparameters, the weights by TF1 name in the original's shapes, and
 the BPE vocabulary. Each writer takes one and writes a complete folder, atomically (under a temporary
@@ -51,7 +51,6 @@ from gpt2_tf.cli import describe
 from gpt2_tf.encoder import ENDOFTEXT, load_encoder_files
 from gpt2_tf.files import WriteError, atomic_write
 from gpt2_tf.hparams import HParams, load_hparams, save_hparams
-from gpt2_tf.model_files import LITERT_FILE
 
 FORMATS = ("tf1", "hf", "keras_hub", "saved_model", "litert")  # saved_model and litert are written, not read
 
@@ -191,9 +190,9 @@ def write_saved_model(data, dst, progress=True):
 
 
 def write_litert(data, dst, progress=True, quantize="int8"):
-    """A LiteRT model folder (gpt2_tf/litert.py): model.tflite, hparams.json, encoder.json and
-    vocab.bpe, which sample.py and score.py run without TensorFlow. It cannot be read back here: keep
-    the model it came from."""
+    """A LiteRT model folder (gpt2_tf/litert.py): model.tflite (generation), score.tflite (scoring),
+    hparams.json, encoder.json and vocab.bpe, which sample.py and score.py run without TensorFlow.
+    It cannot be read back here: keep the model it came from."""
     from gpt2_tf.checkpoint import model_from_weights
     from gpt2_tf.litert import write_litert as write_file
 
@@ -203,7 +202,7 @@ def write_litert(data, dst, progress=True, quantize="int8"):
         save_hparams(data.hparams, os.path.join(folder, "hparams.json"))
         write_vocabulary(data, os.path.join(folder, "encoder.json"), os.path.join(folder, "vocab.bpe"))
         model = model_from_weights(data.hparams, data.weights)
-        write_file(model, os.path.join(folder, LITERT_FILE), quantize)
+        write_file(model, folder, quantize)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,7 +1,11 @@
 """A GPT-2 model as a LiteRT (TensorFlow Lite) file, for fast sampling on CPUs and phones.
 
-`write_litert(model, path)` converts a model to one `.tflite` file with two signatures, builtin
-LiteRT ops only (no Flex ops), int8 weights by default:
+`write_litert(model, folder)` converts a model to two `.tflite` files, builtin LiteRT ops only (no
+Flex ops), int8 weights by default: model.tflite with the `prompt` and `decode` signatures, which
+generate, and score.tflite with `score` and `score_details`. Two files, for LiteRT's CPU kernels
+(XNNPACK) repack the weights for each signature of a file as it is loaded: a sampler that loaded the
+scoring signatures too would hold their copies as well (124M int8: 718 against 470 MiB after one
+token).
 
 - `prompt`: the prompts' forward pass and the first draw.
     inputs  tokens [B, T] int32, right-padded prompts; last [B] int32, each row's last prompt token
@@ -48,10 +52,12 @@ import tensorflow as tf
 from gpt2_tf.controls import controlled, from_inputs, input_specs, top_logprobs
 from gpt2_tf.files import atomic_write
 from gpt2_tf.model import gelu, plain_formulas, softmax
+from gpt2_tf.model_files import LITERT_FILE, LITERT_SCORE_FILE
 from gpt2_tf.sample import choose
 from gpt2_tf.score import next_token_scores
 
 QUANTIZATIONS = ("int8", "float32")
+FILES = {LITERT_FILE: ("prompt", "decode"), LITERT_SCORE_FILE: ("score", "score_details")}  # file: signatures
 
 
 def prompt_step(model, tokens, last, settings, controls):
@@ -123,7 +129,8 @@ def dense(conv, x):
 
 
 def signatures(model):
-    """The `prompt` and `decode` signatures of `model` (float32), as concrete functions."""
+    """The `prompt`, `decode`, `score` and `score_details` signatures of `model` (float32), as concrete
+    functions."""
     hp = model.hparams
     depth = hp.n_embd // hp.n_head
     i32, f32 = tf.int32, tf.float32
@@ -166,22 +173,23 @@ def signatures(model):
         }
 
 
-def write_litert(model, path, quantize="int8"):
-    """Convert `model` to a LiteRT file at `path` (written atomically): `quantize` "int8" (weights
-    as int8 with a float32 scale per output channel, computed with float32 activations: LiteRT's
-    dynamic-range quantization) or "float32"."""
+def write_litert(model, folder, quantize="int8", files=tuple(FILES)):
+    """Convert `model` to LiteRT files in `folder` (each written atomically), those of `files` (names
+    in FILES): `quantize` "int8" (weights as int8 with a float32 scale per output channel, computed
+    with float32 activations: LiteRT's dynamic-range quantization) or "float32"."""
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}, not {quantize!r}")
     concrete = signatures(model)
     root = tf.Module()
     root.weights = list({id(v): v for c in concrete.values() for v in c.variables}.values())
-    with tempfile.TemporaryDirectory() as folder:
-        saved = os.path.join(folder, "saved_model")
+    with tempfile.TemporaryDirectory() as temporary:
+        saved = os.path.join(temporary, "saved_model")
         tf.saved_model.save(root, saved, signatures=concrete)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=list(concrete))
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantize == "int8":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        data = converter.convert()
-    with atomic_write(path) as f:
-        f.write(data)
+        for name in files:
+            converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=list(FILES[name]))
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+            if quantize == "int8":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            data = converter.convert()
+            with atomic_write(os.path.join(folder, name)) as f:
+                f.write(data)

@@ -10,7 +10,8 @@ from gpt2_tf.checkpoint_files import CheckpointError, check_intact, latest_prefi
 from gpt2_tf.encoder import get_encoder
 from gpt2_tf.hparams import HParams, load_hparams, missing_model, model_dir
 
-LITERT_FILE = "model.tflite"  # a LiteRT model folder's weights (convert.py --to litert)
+LITERT_FILE = "model.tflite"  # a LiteRT model folder's generation signatures (convert.py --to litert)
+LITERT_SCORE_FILE = "score.tflite"  # and its scoring signatures
 
 
 class ModelMissing(CheckpointError):
@@ -32,6 +33,11 @@ class ModelFiles:
     def litert(self):
         """Whether the weights are a LiteRT model (run with litert_runtime, without TensorFlow)."""
         return self.weights.endswith(".tflite")
+
+    @property
+    def litert_scores(self):
+        """A LiteRT model folder's file of the scoring signatures (which score.py runs)."""
+        return os.path.join(os.path.dirname(self.weights), LITERT_SCORE_FILE)
 
     def encoder(self):
         """The model's tokenizer (an encoder.Encoder)."""

@@ -15,7 +15,7 @@ from gpt2_tf.checkpoint import load_model
 from gpt2_tf.convert import read, write
 from gpt2_tf.decoding import Controls
 from gpt2_tf.litert_runtime import LiteRTGenerator, interpreter
-from gpt2_tf.model_files import LITERT_FILE
+from gpt2_tf.model_files import LITERT_FILE, LITERT_SCORE_FILE
 from gpt2_tf.sample import Generator
 
 PROMPTS = [[464, 3290, 318, 257], [15496], [40, 588, 6184, 11, 290, 612, 13]]
@@ -51,16 +51,24 @@ def drawn(generator, prompts, length, **settings):
 
 
 def test_the_file_holds_builtin_ops_only(tiny_litert, tiny_tf):
-    """LiteRT's own interpreter loads the file as written, and every op in it is a builtin: no Flex
-    (TensorFlow) op and no custom op, so a stock LiteRT (a phone's) runs it."""
+    """LiteRT's own interpreter loads the files as written, and every op in them is a builtin: no Flex
+    (TensorFlow) op and no custom op, so a stock LiteRT (a phone's) runs them. model.tflite holds the
+    generation signatures (only those: a sampler loads no scoring weights), score.tflite the scoring
+    ones."""
     for folder in tiny_litert.values():
-        ops = interpreter(os.path.join(folder, LITERT_FILE))._get_ops_details()
-        names = collections.Counter(op["op_name"] for op in ops)
-        assert names["FULLY_CONNECTED"] > 0
-        assert not [n for n in names if n.startswith("Flex") or n in ("CUSTOM", "DELEGATE_FLEX")], names
+        tflite = sorted(f for f in os.listdir(folder) if f.endswith(".tflite"))
+        assert tflite == [LITERT_FILE, LITERT_SCORE_FILE]
+        for name in (LITERT_FILE, LITERT_SCORE_FILE):
+            ops = interpreter(os.path.join(folder, name))._get_ops_details()
+            names = collections.Counter(op["op_name"] for op in ops)
+            assert names["FULLY_CONNECTED"] > 0
+            assert not [n for n in names if n.startswith("Flex") or n in ("CUSTOM", "DELEGATE_FLEX")], names
     signatures = interpreter(os.path.join(tiny_litert["int8"], LITERT_FILE)).get_signature_list()
-    assert sorted(signatures) == ["decode", "prompt", "score", "score_details"]
+    assert sorted(signatures) == ["decode", "prompt"]
     assert "key_0" in signatures["decode"]["inputs"] and "present" in signatures["prompt"]["outputs"]
+    scoring = interpreter(os.path.join(tiny_litert["int8"], LITERT_SCORE_FILE)).get_signature_list()
+    assert sorted(scoring) == ["score", "score_details"]
+    assert sorted(scoring["score_details"]["inputs"]) == ["inputs", "targets"]
 
 
 def test_float32_greedy_equals_sample_py_for_a_ragged_batch(tiny_litert, tiny_tf):
@@ -189,6 +197,25 @@ def test_sample_py_refuses_tensorflow_flags_for_a_litert_model(tiny_model, tiny_
         assert_refused(result, "sample.py", models_dir, before, f"{flag[0]} is for TensorFlow models")
 
 
+def test_score_py_refuses_a_litert_folder_without_its_scoring_file(tiny_model, tiny_litert, tmp_path):
+    """A LiteRT folder that lost score.tflite still samples (sample.py needs only model.tflite), and
+    score.py says in one line which file is missing and how to write it."""
+    import shutil
+
+    models_dir, _, _ = tiny_model
+    shutil.copytree(tiny_litert["int8"], tmp_path / "lite")
+    os.remove(tmp_path / "lite" / LITERT_SCORE_FILE)
+    text = tmp_path / "text.txt"
+    text.write_text("Hello there, this is a text to score.\n")
+    before = snapshot(str(tmp_path))
+    result = subprocess.run([sys.executable, "score.py", str(text), "--models_dir", str(tmp_path),
+                             "--model_name", "lite"], cwd=ROOT, capture_output=True, text=True)
+    assert_refused(result, "score.py", str(tmp_path), before, "without score.tflite")
+    assert "--to litert" in result.stderr
+    sampled = run_sample(str(tmp_path), "--model_name", "lite", "--length", "3", "--temperature", "0")
+    assert sampled.returncode == 0 and sampled.stdout, sampled.stderr
+
+
 def test_convert_py_quantize_is_for_litert_only(tiny_model, tmp_path):
     models_dir, name, _ = tiny_model
     command = ["convert.py", os.path.join(models_dir, name), str(tmp_path / "x"), "--to", "hf",
@@ -208,7 +235,7 @@ def test_log_probabilities_equal_score_py(tiny_model, tiny_litert, tiny_tf):
     documents = [Document(f"d{i}", rng.integers(0, 50257, size=n).astype(np.int32), None, None)
                  for i, n in enumerate((5, 90, 130))]
     expected = score_documents(model, documents, 64, 32, details=True)
-    path = os.path.join(tiny_litert["float32"], LITERT_FILE)
+    path = os.path.join(tiny_litert["float32"], LITERT_SCORE_FILE)
     got = score_documents(path, documents, 64, 32, details=True)
     for a, b in zip(got, expected):
         assert a.tokens == b.tokens and a.correct == b.correct

@@ -2,6 +2,7 @@
 flags and their checks (made before TensorFlow is imported), then `run`, the work.
 """
 
+import os
 import sys
 
 from tqdm import tqdm
@@ -80,6 +81,10 @@ def check_args(args):
             check_output_file(getattr(args, flag), f"--{flag}", files)
     if model.litert:
         check_litert(model)
+        if not os.path.isfile(model.litert_scores):
+            folder = os.path.dirname(model.litert_scores)
+            raise UsageError(f"{folder} is a LiteRT model folder without score.tflite, the file score.py "
+                             f"runs: write it again with convert.py SRC {folder} --to litert")
         if is_given(args.dtype):
             raise UsageError(f"--dtype is for TensorFlow models; {model.name} is a LiteRT model (its "
                              "weights' precision was chosen when convert.py wrote it)")
@@ -115,7 +120,7 @@ def run(args, files, out=None, model=None):
     out = out or (sys.stderr if any(is_stdout(path) for path in outputs) else sys.stdout)
     model_files = model or find_model(args.model_name, args.models_dir, args.run_name, args.checkpoint_dir)
     if model_files.litert:
-        model, hparams, enc = model_files.weights, model_files.hparams, model_files.encoder()
+        model, hparams, enc = model_files.litert_scores, model_files.hparams, model_files.encoder()
     else:
         grow_gpu_memory()
         model, hparams, enc = load(model_files, dtype=args.dtype)
