@@ -211,7 +211,7 @@ def test_score_py_refuses_a_litert_folder_without_its_scoring_file(tiny_model, t
     result = subprocess.run([sys.executable, "score.py", str(text), "--models_dir", str(tmp_path),
                              "--model_name", "lite"], cwd=ROOT, capture_output=True, text=True)
     assert_refused(result, "score.py", str(tmp_path), before, "without score.tflite")
-    assert "--to litert" in result.stderr
+    assert "convert.py" in result.stderr
     sampled = run_sample(str(tmp_path), "--model_name", "lite", "--length", "3", "--temperature", "0")
     assert sampled.returncode == 0 and sampled.stdout, sampled.stderr
 

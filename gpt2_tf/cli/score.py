@@ -84,7 +84,7 @@ def check_args(args):
         if not os.path.isfile(model.litert_scores):
             folder = os.path.dirname(model.litert_scores)
             raise UsageError(f"{folder} is a LiteRT model folder without score.tflite, the file score.py "
-                             f"runs: write it again with convert.py SRC {folder} --to litert")
+                             "runs: convert its model to LiteRT again with convert.py")
         if is_given(args.dtype):
             raise UsageError(f"--dtype is for TensorFlow models; {model.name} is a LiteRT model (its "
                              "weights' precision was chosen when convert.py wrote it)")
