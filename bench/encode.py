@@ -108,8 +108,9 @@ def generated_prose(budget, rng):
     return texts
 
 
-def make_corpus(path, size_mb, seed=0):
-    """Write about size_mb MB of varied UTF-8 text to `path`."""
+def corpus_texts(size_mb, seed=0):
+    """Yield varied texts (source files, man pages, docs, made-up prose) until they hold about size_mb
+    MB of UTF-8, each counted with the two newlines that make_corpus puts after it."""
     rng = random.Random(seed)
     budget = size_mb * 1_000_000
     stdlib = sysconfig.get_paths()["stdlib"]
@@ -121,23 +122,28 @@ def make_corpus(path, size_mb, seed=0):
     budget = size_mb * 1_000_000
     rng.shuffle(parts)
     written = 0
+    while written < budget:  # repeat, reshuffled, if the machine has less text than asked for
+        for text in parts:
+            yield text
+            written += len(text.encode("utf-8")) + 2
+            if written >= budget:
+                break
+        rng.shuffle(parts)
+
+
+def make_corpus(path, size_mb, seed=0):
+    """Write about size_mb MB of varied UTF-8 text to `path`."""
     with open(path, "w", encoding="utf-8", newline="") as f:
-        while written < budget:  # repeat, reshuffled, if the machine has less text than asked for
-            for text in parts:
-                data = text.encode("utf-8")
-                f.write(text + "\n\n")
-                written += len(data) + 2
-                if written >= budget:
-                    break
-            rng.shuffle(parts)
+        for text in corpus_texts(size_mb, seed):
+            f.write(text + "\n\n")
     return os.path.getsize(path)
 
 
-def run_encode_py(corpus, out, vocab_dir, jobs):
+def run_encode_py(corpus, out, vocab_dir, jobs, *flags):
     """Run encode.py; returns (seconds, peak RSS sampled every 20 ms, peak RSS from the kernel)."""
     command = [sys.executable, os.path.join(ROOT, "encode.py"), "--quiet", "--jobs", str(jobs),
                "--model_name", os.path.basename(vocab_dir), "--models_dir", os.path.dirname(vocab_dir),
-               corpus, out]
+               *flags, corpus, out]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
     process = subprocess.Popen(command)

@@ -23,6 +23,7 @@ import time
 from tqdm import tqdm
 
 from gpt2_tf.dataset import PIECE_SIZE, DatasetError, check_decoding, list_inputs, read_text, text_work
+from gpt2_tf.documents import TextFormat, joined
 from gpt2_tf.encoder import ENDOFTEXT, PAT, bytes_to_unicode
 from gpt2_tf.fast_encoder import Splitter
 from gpt2_tf.files import atomic_write, nearest_existing, unwritable
@@ -50,27 +51,29 @@ def count_words(texts, counts=None):
     return counts
 
 
-def _file_texts(paths, encoding, errors, on_read):
+def _file_texts(paths, encoding, errors, on_read, text_format):
     """The text of the files, in pieces that the pre-tokenizer cuts as it cuts the whole.
 
-    Files are read in blocks, and each `<|endoftext|>` is taken out, as the training data loader does
-    (there it is a token of its own), so that no merges are spent on it.
+    Files are read in blocks, as the training data loader reads them (documents.joined: .csv and .jsonl
+    files by rows), and each `<|endoftext|>` is taken out (there it is a token of its own), so that no
+    merges are spent on it.
     """
     splitter = Splitter(PIECE_SIZE)
     for path in paths:
-        blocks = read_text(path, encoding, errors, on_read)
+        blocks = joined(path, read_text(path, encoding, errors, on_read), text_format)
         for kind, text in text_work(blocks, splitter, eot=True):
             if kind == "text":
                 yield text
 
 
-def count_files(paths, encoding="utf-8", errors="strict", progress=False):
-    """Count the pre-tokenizer pieces of text files (a list of paths); returns a Counter."""
+def count_files(paths, encoding="utf-8", errors="strict", progress=False, text_format=None):
+    """Count the pre-tokenizer pieces of text files (a list of paths; `text_format`, a
+    documents.TextFormat, says how they are cut into documents); returns a Counter."""
     check_decoding(encoding, errors)
     total = sum(os.path.getsize(path) for path in paths if os.path.isfile(path))
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="Counting",
               disable=not progress, dynamic_ncols=True) as bar:
-        return count_words(_file_texts(paths, encoding, errors, bar.update))
+        return count_words(_file_texts(paths, encoding, errors, bar.update, text_format or TextFormat()))
 
 
 def _merge_word(word, a, b, c):
@@ -221,7 +224,7 @@ def check_output_folder(out, force=False):
 
 
 def train_bpe(corpus, out, vocab_size, min_frequency=2, encoding="utf-8", errors="strict", hparams=None,
-              progress=True, skipped=(), force=False):
+              progress=True, skipped=(), force=False, text_format=None):
     """What train_bpe.py does: learn a vocabulary from text files and write it into the folder `out`.
 
     Args:
@@ -237,6 +240,8 @@ def train_bpe(corpus, out, vocab_size, min_frequency=2, encoding="utf-8", errors
         skipped: files the caller's own listing left out as not text, to be counted with those left
             out here.
         force: replace a vocabulary that `out` already holds (refused otherwise).
+        text_format: how text files are cut into documents (documents.TextFormat; .csv and .jsonl files
+            are read by rows, their texts counted, not their syntax).
 
     Returns a one-line summary. Problems with the input, output or arguments raise DatasetError with a
     one-line message.
@@ -256,7 +261,7 @@ def train_bpe(corpus, out, vocab_size, min_frequency=2, encoding="utf-8", errors
     paths = list_inputs(corpus, encoding, skipped)
     check_output_folder(out, force)
 
-    counts = count_files(paths, encoding, errors, progress)
+    counts = count_files(paths, encoding, errors, progress, text_format)
     if not counts:
         where = paths[0] if len(paths) == 1 else f"any of the {len(paths)} input files"
         raise DatasetError(f"no text in {where}: the input is empty")

@@ -229,15 +229,20 @@ def text_work(blocks, splitter, eot):
     return chars
 
 
-def _work(paths, combine, encoding, errors, eot, piece_size, n_vocab, bin_dtype, on_read, totals):
+def _work(paths, combine, encoding, errors, eot, piece_size, n_vocab, bin_dtype, text_format, on_read,
+          totals):
     """The dataset as a sequence of work items, in order.
 
     Items are ("text", str) to encode, ("tokens", array) to add to the current chunk, ("chunk", array)
     for a chunk of its own (an array of a token file), and ("end", None) to close the current chunk. The
     grouping is the original's: text files are joined until the joined text (with 13 characters for each
-    separator) reaches `combine` characters; token files' arrays are passed through as they come.
-    `totals` counts the characters of text and the tokens from token files.
+    separator) reaches `combine` characters; token files' arrays are passed through as they come. A text
+    file's text is read as `text_format` says (documents.joined: CSV rows, JSON Lines, lines). `totals`
+    counts the characters of text and the tokens from token files.
     """
+    from gpt2_tf.documents import TextFormat, joined  # here: sample.py reads prompts, never documents
+
+    text_format = text_format or TextFormat()
     splitter = Splitter(piece_size)
     chunk_chars = 0
 
@@ -252,7 +257,7 @@ def _work(paths, combine, encoding, errors, eot, piece_size, n_vocab, bin_dtype,
                 yield "chunk", array
             on_read(os.path.getsize(path))
             continue
-        blocks = read_text(path, encoding, errors, on_read)
+        blocks = joined(path, read_text(path, encoding, errors, on_read), text_format)
         chars = yield from text_work(blocks, splitter, eot)
         totals["characters"] += chars
         chunk_chars += chars
@@ -331,7 +336,8 @@ def _encoded(work, encode, jobs, worker_args=None):
 
 
 def load_dataset(enc, path, combine=50000, encoding="utf-8", errors="strict", literal_endoftext=False,
-                 fast=True, jobs=1, progress=True, piece_size=PIECE_SIZE, bin_dtype="uint16"):
+                 fast=True, jobs=1, progress=True, piece_size=PIECE_SIZE, bin_dtype="uint16",
+                 text_format=None):
     """Load a dataset: a list of 1-D integer token arrays ("chunks").
 
     Args:
@@ -352,11 +358,13 @@ def load_dataset(enc, path, combine=50000, encoding="utf-8", errors="strict", li
         progress: show a progress bar on stderr.
         piece_size: characters per piece of text encoded at a time.
         bin_dtype: the dtype of the ids in .bin files (nanoGPT's are uint16).
+        text_format: how text files are cut into documents (documents.TextFormat: .csv and .jsonl
+            files by rows, plain text whole or line by line); default TextFormat().
     """
     fast_enc = _fast_encoder(enc) if fast else None
     chunks, pending = [], []
     for kind, value in _items(enc, fast_enc, path, combine, encoding or "utf-8", errors, literal_endoftext,
-                              jobs or 1, progress, piece_size, bin_dtype):
+                              jobs or 1, progress, piece_size, bin_dtype, text_format):
         if kind == "chunk":
             chunks.append(value)
         elif kind == "tokens":
@@ -382,7 +390,7 @@ def check_decoding(encoding, errors):
 
 
 def _items(enc, fast_enc, path, combine, encoding, errors, literal_endoftext, jobs, progress, piece_size,
-           bin_dtype):
+           bin_dtype, text_format):
     """The dataset of `path` as ("tokens", array), ("end", None) and ("chunk", array) items (see `_work`),
     the text encoded, with a progress bar. An input without text or tokens is a DatasetError."""
     start = time.time()
@@ -410,7 +418,8 @@ def _items(enc, fast_enc, path, combine, encoding, errors, literal_endoftext, jo
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="Encoding",
                disable=not (progress and encoding_text), dynamic_ncols=True)
     totals = collections.Counter()
-    work = _work(paths, combine, encoding, errors, eot, piece_size, n_vocab, bin_dtype, bar.update, totals)
+    work = _work(paths, combine, encoding, errors, eot, piece_size, n_vocab, bin_dtype,
+                 text_format, bar.update, totals)
     tokens = 0
     with bar:
         for kind, value in _encoded(work, encode, jobs, worker_args):
@@ -427,15 +436,16 @@ def _items(enc, fast_enc, path, combine, encoding, errors, literal_endoftext, jo
 
 def encode_dataset(in_text, out_npz, model_name="124M", models_dir="models", combine=50000,
                    encoding="utf-8", errors="strict", literal_endoftext=False, jobs=None, fast=True,
-                   quiet=False, skipped=(), compress=None, bin_dtype="uint16"):
+                   quiet=False, skipped=(), compress=None, bin_dtype="uint16", text_format=None):
     """What encode.py does: encode the files of `in_text` into the token file `out_npz`.
 
     `in_text` is a file, folder or glob pattern, or a list of them (see `list_inputs`). `skipped` names
     files the caller's own listing left out as not text, to be counted with those left out here.
-    The output is an .npz file (`.npz` is appended to a name that ends neither so), or with a name ending
-    in .bin a flat file of ids as nanoGPT writes them: the chunks one after another, each followed by
-    `<|endoftext|>` unless it ends with it. It is written as the text is encoded, atomically:
-    memory holds the pieces in flight and at most token_files.SPOOL_BYTES of the chunk being built.
+    `text_format` says how text files are cut into documents (see load_dataset). The output is an .npz
+    file (`.npz` is appended to a name that ends neither so), or with a name ending in .bin a flat file
+    of ids as nanoGPT writes them: the chunks one after another, each followed by `<|endoftext|>` unless
+    it ends with it. It is written as the text is encoded, atomically: memory holds the pieces in
+    flight and at most token_files.SPOOL_BYTES of the chunk being built.
     compress: deflate the .npz members; None (default) compresses inputs smaller than UNCOMPRESSED_FROM
     bytes in all and stores the others uncompressed, to be memory-mapped.
     Returns a one-line summary (files, bytes, tokens, chunks, seconds). Problems with the input raise
@@ -462,7 +472,7 @@ def encode_dataset(in_text, out_npz, model_name="124M", models_dir="models", com
         print(f"Encoding into {out}" + ("" if compress or out.endswith(".bin") else " (uncompressed)"),
               file=sys.stderr if out == "-" else sys.stdout)
     items = _items(enc, fast_enc, paths, combine, encoding or "utf-8", errors, literal_endoftext, jobs,
-                   not quiet, PIECE_SIZE, bin_dtype)
+                   not quiet, PIECE_SIZE, bin_dtype, text_format)
     try:
         with (atomic_write(out) as f, token_writer(f, out, dtype, compress, enc.eot_token) as writer,
               Spool(dtype, os.path.dirname(out) or ".") as spool):

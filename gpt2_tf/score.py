@@ -285,36 +285,37 @@ def figures(tokens, nll, correct, size=None, words=None):
 # Reading documents.
 
 
-def load_documents(enc, files, per_line=False, encoding="utf-8", errors="strict", n_vocab=None,
+def load_documents(enc, files, text_format=None, encoding="utf-8", errors="strict", n_vocab=None,
                    bin_dtype="uint16"):
-    """The documents of `files` (see cli.input_files): each text file, or with per_line each non-empty
-    line of it (without its newline); each array of a token file (.npz, .bin; memory-mapped where the
+    """The documents of `files` (see cli.input_files): each text file, or the documents of it that
+    `text_format` gives (documents.TextFormat: .csv rows, .jsonl records, with line_by_line each line
+    that is not blank), named FILE:LINE; each array of a token file (.npz, .bin; memory-mapped where the
     file allows, and its ids all checked, since every one will be read). Text is tokenized as encode.py
     does (a literal <|endoftext|> becomes its id), through tiktoken when it is installed."""
     from gpt2_tf.dataset import read_text
+    from gpt2_tf.documents import TextFormat, documents, form
     from gpt2_tf.encoder import encode_with_eot
     from gpt2_tf.fast_encoder import FastEncoder
     from gpt2_tf.token_files import check_ids, is_token_file, read_tokens
 
+    text_format = text_format or TextFormat()
     fast = FastEncoder.build(enc)
     encode = fast.encode if fast is not None else enc.encode
 
     def tokenize(text):
         return encode_with_eot(encode, text, enc.eot_token)
 
-    documents = []
+    found = []
     for path in files:
         if is_token_file(path):
             for i, array in enumerate(read_tokens(path, n_vocab, bin_dtype)):
                 name = path if path.endswith(".bin") else f"{path}[{i}]"
                 if n_vocab is not None and isinstance(array, np.memmap):
                     check_ids(array, n_vocab, path, name)
-                documents.append(Document(name, array))
+                found.append(Document(name, array))
             continue
-        text = "".join(read_text(path, encoding, errors, lambda size: None))
-        if not per_line:
-            documents.append(Document.from_text(path, text, tokenize))
-            continue
-        documents += [Document.from_text(f"{path}:{number}", line, tokenize)
-                      for number, line in enumerate(text.split("\n"), 1) if line]
-    return documents
+        blocks = read_text(path, encoding, errors, lambda size: None)
+        whole = form(path, text_format) == "text"
+        found += [Document.from_text(path if whole else f"{path}:{line}", text, tokenize)
+                  for line, text in documents(path, blocks, text_format)]
+    return found

@@ -216,6 +216,24 @@ def test_score_script_table_json_tsv_html(loaded, tiny_model, tmp_path, vocab_di
     assert " \u2603</span>" in page
 
 
+def test_score_script_scores_each_record_of_a_jsonl_file(loaded, tiny_model, tmp_path):
+    _, hparams, weights = loaded
+    models_dir, name, _ = tiny_model
+    texts = ["A first review, short.", "A second one\nover two lines."]
+    records = json.dumps({"text": texts[0]}) + "\n\n" + json.dumps({"text": texts[1]})
+    (tmp_path / "r.jsonl").write_text(records, encoding="utf-8")
+    out = run_score(str(tmp_path / "r.jsonl"), "--models_dir", models_dir, "--model_name", name, "--json",
+                    str(tmp_path / "s.json"), "--show_documents", "--context", "16")
+    assert out.returncode == 0, out.stderr
+    assert [line.split()[0] for line in out.stdout.splitlines()[1:]] == [f"{tmp_path}/r.jsonl:1",
+                                                                         f"{tmp_path}/r.jsonl:3", "TOTAL"]
+    enc = get_encoder(name, models_dir)
+    data = json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))
+    for doc, text in zip(data["documents"], texts, strict=True):
+        nll, count, _ = numpy_score(weights, hparams, enc.encode(text), 16, 8, "eot")
+        assert doc["tokens"] == count and doc["nll"] == pytest.approx(nll, rel=1e-5)
+
+
 def test_score_views_show_split_characters_as_text(tiny_model, tmp_path, vocab_dir):
     """The issue's own text: the HTML shows characters (one piece per character, however many tokens
     it took), the TSV each token's bytes, never U+FFFD."""

@@ -244,6 +244,28 @@ def test_token_file_formats_train_the_same(tmp_path, tiny_model, capsys):
     assert_same_weights(weights(str(runs / "compressed.npz")), weights(str(runs / "train.bin")))
 
 
+def test_csv_jsonl_and_line_by_line_train_as_the_text_they_stand_for(tmp_path, tiny_model, capsys):
+    """A .csv, a .jsonl and a file read --line_by_line train as the plain text of their documents (CSV rows
+    wrapped as gpt-2-simple wraps them, the others separated by <|endoftext|>): the same losses."""
+    texts = [f"Document number {i}, with some words; and a comma." * (i + 1) for i in range(6)]
+    (tmp_path / "d.csv").write_text("id,body\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(texts)),
+                                    encoding="utf-8")
+    (tmp_path / "csv.txt").write_text("".join(f"<|startoftext|>{t}<|endoftext|>\n" for t in texts),
+                                      encoding="utf-8")
+    records = "".join(json.dumps({"body": t}) + "\n" for t in texts)
+    (tmp_path / "d.jsonl").write_text(records, encoding="utf-8")
+    (tmp_path / "lines.txt").write_text("\n\n".join(texts), encoding="utf-8")
+    (tmp_path / "joined.txt").write_text("<|endoftext|>".join(texts), encoding="utf-8")
+    runs = {"d.csv": ["--csv_column", "body"], "csv.txt": [], "d.jsonl": ["--json_field", "body"],
+            "lines.txt": ["--line_by_line"], "joined.txt": []}
+    losses = {name: step_losses(train(flags(tmp_path, tiny_model, str(tmp_path / name), "--steps", "2",
+                                            "--learning_rate", "0.001", "--run_name", name, *extra), capsys))
+              for name, extra in runs.items()}
+    assert len(losses["d.csv"]) == 2
+    assert losses["d.csv"] == losses["csv.txt"]
+    assert losses["d.jsonl"] == losses["lines.txt"] == losses["joined.txt"] != losses["csv.txt"]
+
+
 def test_a_token_file_changed_during_a_run_stops_it_after_saving(tmp_path, tiny_model, capsys, monkeypatch):
     from gpt2_tf.cli import train_loop as train_module
 

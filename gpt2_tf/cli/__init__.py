@@ -220,6 +220,40 @@ def add_text_flags(parser, what="of the input files"):
                              "or replace them with U+FFFD")
 
 
+def add_document_flags(parser):
+    """--line_by_line and the flags of .csv and .jsonl files (documents.py), for scripts that read
+    training text; `text_format(args)` gives them as a documents.TextFormat."""
+    from gpt2_tf.documents import STARTOFTEXT
+    from gpt2_tf.encoder import ENDOFTEXT
+
+    group = parser.add_argument_group("documents", "how text files are cut into documents: .csv files by "
+                                      "rows, .jsonl files by records, plain text whole or by lines")
+    group.add_argument("--line_by_line", action="store_true",
+                       help="each line of a plain text file that is not blank is a document (documents are "
+                            "separated by <|endoftext|>)")
+    group.add_argument("--csv_column", metavar="COLUMN", default="0",
+                       help=".csv files: the column holding the texts, by its name in the header or its "
+                            "number counting from 0 (default 0, the first, as gpt-2-simple reads)")
+    group.add_argument("--csv_no_header", action="store_true",
+                       help=".csv files: the first row holds a text (default: it is a header, skipped)")
+    group.add_argument("--start_token", metavar="TEXT", default=STARTOFTEXT,
+                       help=f".csv files: text put before each row's text (default {STARTOFTEXT}, as "
+                            "gpt-2-simple; '' for none)")
+    group.add_argument("--end_token", metavar="TEXT", default=ENDOFTEXT,
+                       help=f".csv files: text put after each row's text (default {ENDOFTEXT}, the token; '' "
+                            "for none)")
+    group.add_argument("--json_field", metavar="NAME", default="text",
+                       help=".jsonl files: the field of each record that holds its text")
+
+
+def text_format(args):
+    """The documents.TextFormat of add_document_flags' flags."""
+    from gpt2_tf.documents import TextFormat
+
+    return TextFormat(line_by_line=args.line_by_line, column=args.csv_column, header=not args.csv_no_header,
+                      start=args.start_token, end=args.end_token, field=args.json_field)
+
+
 def add_bin_dtype_flag(parser):
     """--bin_dtype, for scripts that read token files (args.bin_dtype)."""
     from gpt2_tf.token_files import BIN_DTYPES

@@ -9,12 +9,14 @@ from gpt2_tf.cli import (
     Parser,
     UsageError,
     add_bin_dtype_flag,
+    add_document_flags,
     add_text_flags,
     check_encoding,
     check_output_file,
     input_files,
     integer,
     run_script,
+    text_format,
 )
 from gpt2_tf.dataset import DatasetError, default_jobs, encode_dataset
 from gpt2_tf.hparams import missing_model
@@ -31,6 +33,7 @@ def make_parser():
                         help="join text files, separated by <|endoftext|>, into chunks of at least this "
                              "many characters")
     add_text_flags(parser)
+    add_document_flags(parser)
     parser.add_argument("--literal_endoftext", action="store_true",
                         help="separate files with the text <|endoftext|> (7 ordinary tokens), as the "
                              "original did, instead of the <|endoftext|> token; for reproducing old datasets")
@@ -88,7 +91,7 @@ def encode(args, checked):
     summary = encode_dataset(files, args.out_npz, args.model_name, args.models_dir, args.combine,
                              args.encoding, args.errors, args.literal_endoftext, args.jobs,
                              fast=not args.no_fast, quiet=args.quiet, skipped=skipped, compress=args.compress,
-                             bin_dtype=args.bin_dtype)
+                             bin_dtype=args.bin_dtype, text_format=text_format(args))
     if not args.quiet:
         print(summary, file=sys.stderr if args.out_npz == "-" else sys.stdout)
 

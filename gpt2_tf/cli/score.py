@@ -12,6 +12,7 @@ from gpt2_tf.cli import (
     Parser,
     UsageError,
     add_bin_dtype_flag,
+    add_document_flags,
     add_text_flags,
     check_encoding,
     check_fits,
@@ -21,6 +22,7 @@ from gpt2_tf.cli import (
     integer,
     is_given,
     run_script,
+    text_format,
 )
 from gpt2_tf.cli.model_flags import add_model_flags, check_litert, check_model_flags
 from gpt2_tf.files import is_stdout
@@ -40,9 +42,10 @@ def make_parser():
                         "first token is context only")
     p.add_argument("--compat", choices=["hf"], default=None,
                    help="hf: score as Hugging Face's perplexity guide does (its windows, no prefix)")
-    p.add_argument("--per_line", action="store_true", help="each non-empty line is a document")
+    p.add_argument("--per_line", dest="line_by_line", action="store_true", help="the same as --line_by_line")
     p.add_argument("--show_documents", action="store_true",
-                   help="with --per_line, print a row per document, not only the total")
+                   help="print a row per document of a file (with --line_by_line, and of .csv and .jsonl "
+                        "files), not only the total")
     p.add_argument("--batch_size", type=integer(1), default=8, help="windows scored together")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=default("float32"),
                    help="weights and activations (bfloat16: faster on CPUs that have it, less exact)")
@@ -50,6 +53,7 @@ def make_parser():
     p.add_argument("--tsv", metavar="FILE", help="write one row per scored token")
     p.add_argument("--html", metavar="FILE", help="write a page of the text coloured by surprisal")
     add_text_flags(p)
+    add_document_flags(p)
     add_bin_dtype_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table (write only the files)")
     p.add_verbose()
@@ -68,9 +72,9 @@ def check_args(args):
     if args.stride is not None and args.stride > context:
         raise UsageError(f"--stride {args.stride} is more than --context {context}; it must be 1 to "
                          f"{context}")
-    if args.compat == "hf" and (args.tsv or args.html or args.per_line):
+    if args.compat == "hf" and (args.tsv or args.html or args.line_by_line):
         raise UsageError("--compat hf gives Hugging Face's figure for whole files; --tsv, --html and "
-                         "--per_line need the exact per-token scores: leave --compat out")
+                         "--line_by_line need the exact per-token scores: leave --compat out")
     check_fits(args.batch_size * context * model.hparams.n_vocab * 4,
                f"--batch_size {args.batch_size}: the logits of {args.batch_size} windows of {context} tokens")
     files, _ = input_files(args.inputs, args.encoding, args.verbose)
@@ -113,6 +117,7 @@ def run(args, files, out=None, model=None):
     of `files`, score them, print the table to `out` (default stdout; stderr when a file is written to
     standard output) and write the requested files. Returns the totals."""
     from gpt2_tf.devices import grow_gpu_memory
+    from gpt2_tf.documents import form
     from gpt2_tf.model_files import find_model, load
     from gpt2_tf.score import figures, load_documents, score_documents, totals
 
@@ -126,8 +131,8 @@ def run(args, files, out=None, model=None):
         model, hparams, enc = load(model_files, dtype=args.dtype)
     context = args.context or hparams.n_ctx
     stride = args.stride or context // 2
-    documents = load_documents(enc, files, args.per_line, args.encoding, args.errors, hparams.n_vocab,
-                               args.bin_dtype)
+    fmt = text_format(args)
+    documents = load_documents(enc, files, fmt, args.encoding, args.errors, hparams.n_vocab, args.bin_dtype)
     if args.prefix == "eot" and args.compat is None and enc.eot_token is None:
         raise UsageError("the vocabulary has no <|endoftext|> token: use --prefix none")
     prefix = "none" if args.compat == "hf" else args.prefix
@@ -145,7 +150,8 @@ def run(args, files, out=None, model=None):
                                **figures(s.tokens, s.nll, s.correct, s.document.bytes, s.document.words)})
             for s in scored]
     if not args.quiet:
-        shown = rows if (args.show_documents or not args.per_line) else []
+        by_lines = any(form(path, fmt) != "text" for path in files)  # many documents: the total only
+        shown = rows if (args.show_documents or not by_lines) else []
         print("\n".join(table(shown, total)), file=out)
         if total["bytes"] is None:
             print("(.npz input holds tokens only: bits per byte and word perplexity need the text)", file=out)

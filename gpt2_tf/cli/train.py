@@ -6,7 +6,16 @@ the work (gpt2_tf/cli/train_loop.py). This module does not import TensorFlow.
 import sys
 
 from gpt2_tf.checkpoint_files import CheckpointError
-from gpt2_tf.cli import Parser, add_bin_dtype_flag, add_text_flags, default, integer, number, run_script
+from gpt2_tf.cli import (
+    Parser,
+    add_bin_dtype_flag,
+    add_document_flags,
+    add_text_flags,
+    default,
+    integer,
+    number,
+    run_script,
+)
 
 COUNT = integer(0)
 POSITIVE = integer(1)
@@ -38,6 +47,7 @@ def add_data_flags(p):
     add("--literal_endoftext", action="store_true",
         help="separate text files by the text <|endoftext|> (7 tokens, as the original) instead of "
              "the <|endoftext|> token")
+    add_document_flags(p)
 
 
 def add_update_flags(p):

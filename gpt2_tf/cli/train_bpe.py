@@ -5,7 +5,17 @@
 import argparse
 
 from gpt2_tf.bpe import check_output_folder, train_bpe
-from gpt2_tf.cli import Parser, UsageError, add_text_flags, check_encoding, input_files, integer, run_script
+from gpt2_tf.cli import (
+    Parser,
+    UsageError,
+    add_document_flags,
+    add_text_flags,
+    check_encoding,
+    input_files,
+    integer,
+    run_script,
+    text_format,
+)
 from gpt2_tf.dataset import DatasetError
 
 
@@ -29,6 +39,7 @@ def make_parser():
                         help="never merge a pair that occurs fewer times (the vocabulary may then be "
                              "smaller than --vocab_size)")
     add_text_flags(parser)
+    add_document_flags(parser)
     for name, default in [("n_ctx", 1024), ("n_embd", 768), ("n_head", 12), ("n_layer", 12)]:
         parser.add_argument(f"--{name}", metavar="N", type=integer(1), default=default,
                             help=f"{name} written to hparams.json, for training a new model")
@@ -58,7 +69,8 @@ def learn(args, checked):
     files, skipped = checked
     hparams = dict(n_ctx=args.n_ctx, n_embd=args.n_embd, n_head=args.n_head, n_layer=args.n_layer)
     summary = train_bpe(files, args.out, args.vocab_size, args.min_frequency, args.encoding, args.errors,
-                        hparams, progress=not args.quiet, skipped=skipped, force=args.force)
+                        hparams, progress=not args.quiet, skipped=skipped, force=args.force,
+                        text_format=text_format(args))
     if not args.quiet:
         print(summary)
 

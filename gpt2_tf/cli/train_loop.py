@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from gpt2_tf import checkpoint, checkpoint_files
 from gpt2_tf.checkpoint_files import CheckpointMismatch
-from gpt2_tf.cli import Interrupted, UsageError, describe
+from gpt2_tf.cli import Interrupted, UsageError, describe, text_format
 from gpt2_tf.cli.train_checks import TrainingError, check_args, memory_warning, run_settings
 from gpt2_tf.dataset import DatasetError, Sampler, default_jobs, list_files, load_dataset
 from gpt2_tf.devices import (
@@ -134,7 +134,7 @@ def load_chunks(enc, path, args, n_ctx, what="dataset"):
     try:
         chunks = load_dataset(enc, path, args.combine, encoding=args.encoding, errors=args.errors,
                               literal_endoftext=args.literal_endoftext, jobs=default_jobs(),
-                              bin_dtype=args.bin_dtype)
+                              bin_dtype=args.bin_dtype, text_format=text_format(args))
         if not chunks:
             raise ValueError("no data found (does the path or pattern match any file?)")
         Sampler(chunks, seed=0).sample(n_ctx)  # the sampler's own check that windows fit
@@ -561,8 +561,8 @@ def load_validation_documents(enc, args, n_vocab):
     """--val_full's documents: each file of --val_dataset (default --dataset), each array of an .npz."""
     path = args.val_dataset or args.dataset
     try:
-        documents = load_documents(enc, list_files(path, args.encoding), encoding=args.encoding,
-                                   errors=args.errors, n_vocab=n_vocab, bin_dtype=args.bin_dtype)
+        documents = load_documents(enc, list_files(path, args.encoding), text_format(args), args.encoding,
+                                   args.errors, n_vocab=n_vocab, bin_dtype=args.bin_dtype)
     except DatasetError as e:
         raise UsageError(f"validation dataset {e}") from None
     if not any(len(d.tokens) for d in documents):
