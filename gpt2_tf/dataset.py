@@ -229,16 +229,30 @@ def text_work(blocks, splitter, eot):
     return chars
 
 
-def _work(paths, combine, encoding, errors, eot, piece_size, n_vocab, bin_dtype, text_format, on_read,
-          totals):
+class _Kept:
+    """A `wanted` (see load_dataset) that counts the documents it keeps."""
+
+    def __init__(self, wanted):
+        self.wanted, self.count = wanted, 0
+
+    def __call__(self):
+        keep = self.wanted()
+        self.count += keep
+        return keep
+
+
+def _work(paths, combine, encoding, errors, eot, piece_size, n_vocab, bin_dtype, text_format, wanted,
+          on_read, totals):
     """The dataset as a sequence of work items, in order.
 
     Items are ("text", str) to encode, ("tokens", array) to add to the current chunk, ("chunk", array)
     for a chunk of its own (an array of a token file), and ("end", None) to close the current chunk. The
     grouping is the original's: text files are joined until the joined text (with 13 characters for each
     separator) reaches `combine` characters; token files' arrays are passed through as they come. A text
-    file's text is read as `text_format` says (documents.joined: CSV rows, JSON Lines, lines). `totals`
-    counts the characters of text and the tokens from token files.
+    file's text is read as `text_format` says (documents.joined: CSV rows, JSON Lines, lines), and only
+    the documents that `wanted` (if given) wants are kept: a token file's arrays are documents too, and
+    `wanted` is asked once for each in turn. `totals` counts the characters of text and the tokens from
+    token files.
     """
     from gpt2_tf.documents import TextFormat, joined  # here: sample.py reads prompts, never documents
 
@@ -253,12 +267,16 @@ def _work(paths, combine, encoding, errors, eot, piece_size, n_vocab, bin_dtype,
     for path in paths:
         if is_token_file(path):
             for array in read_tokens(path, n_vocab, bin_dtype):
-                totals["file tokens"] += len(array)
-                yield "chunk", array
+                if wanted is None or wanted():
+                    totals["file tokens"] += len(array)
+                    yield "chunk", array
             on_read(os.path.getsize(path))
             continue
-        blocks = joined(path, read_text(path, encoding, errors, on_read), text_format)
+        kept = None if wanted is None else _Kept(wanted)
+        blocks = joined(path, read_text(path, encoding, errors, on_read), text_format, kept)
         chars = yield from text_work(blocks, splitter, eot)
+        if kept is not None and not kept.count:
+            continue  # nothing of the file is kept: no separator after it either
         totals["characters"] += chars
         chunk_chars += chars
         if chunk_chars >= combine:
@@ -337,7 +355,7 @@ def _encoded(work, encode, jobs, worker_args=None):
 
 def load_dataset(enc, path, combine=50000, encoding="utf-8", errors="strict", literal_endoftext=False,
                  fast=True, jobs=1, progress=True, piece_size=PIECE_SIZE, bin_dtype="uint16",
-                 text_format=None):
+                 text_format=None, wanted=None):
     """Load a dataset: a list of 1-D integer token arrays ("chunks").
 
     Args:
@@ -360,11 +378,14 @@ def load_dataset(enc, path, combine=50000, encoding="utf-8", errors="strict", li
         bin_dtype: the dtype of the ids in .bin files (nanoGPT's are uint16).
         text_format: how text files are cut into documents (documents.TextFormat: .csv and .jsonl
             files by rows, plain text whole or line by line); default TextFormat().
+        wanted: None, or a callable asked once for each document in turn (a text file, or each of its
+            documents by `text_format`; each array of a token file) which says whether to keep it:
+            documents.Numbered, for a held-out split.
     """
     fast_enc = _fast_encoder(enc) if fast else None
     chunks, pending = [], []
     for kind, value in _items(enc, fast_enc, path, combine, encoding or "utf-8", errors, literal_endoftext,
-                              jobs or 1, progress, piece_size, bin_dtype, text_format):
+                              jobs or 1, progress, piece_size, bin_dtype, text_format, wanted):
         if kind == "chunk":
             chunks.append(value)
         elif kind == "tokens":
@@ -373,6 +394,26 @@ def load_dataset(enc, path, combine=50000, encoding="utf-8", errors="strict", li
             chunks.append(np.concatenate(pending) if len(pending) > 1 else pending[0])
             pending = []
     return chunks
+
+
+def count_documents(path, encoding="utf-8", errors="strict", text_format=None, bin_dtype="uint16"):
+    """How many documents the files of `path` (see list_files) hold, numbered as load_dataset's and
+    score.load_documents' `wanted` numbers them: each array of a token file, each plain text file, and
+    the documents of the others by `text_format` (documents.documents)."""
+    from gpt2_tf.documents import TextFormat, documents, form
+
+    text_format = text_format or TextFormat()
+    check_decoding(encoding, errors)
+    count = 0
+    for file in list_files(os.fspath(path), encoding):
+        if is_token_file(file):
+            count += len(read_tokens(file, None, bin_dtype))
+        elif form(file, text_format) == "text":
+            count += 1
+        else:
+            count += sum(1 for _ in documents(file, read_text(file, encoding, errors, lambda size: None),
+                                              text_format))
+    return count
 
 
 def check_decoding(encoding, errors):
@@ -390,7 +431,7 @@ def check_decoding(encoding, errors):
 
 
 def _items(enc, fast_enc, path, combine, encoding, errors, literal_endoftext, jobs, progress, piece_size,
-           bin_dtype, text_format):
+           bin_dtype, text_format, wanted=None):
     """The dataset of `path` as ("tokens", array), ("end", None) and ("chunk", array) items (see `_work`),
     the text encoded, with a progress bar. An input without text or tokens is a DatasetError."""
     start = time.time()
@@ -418,8 +459,8 @@ def _items(enc, fast_enc, path, combine, encoding, errors, literal_endoftext, jo
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="Encoding",
                disable=not (progress and encoding_text), dynamic_ncols=True)
     totals = collections.Counter()
-    work = _work(paths, combine, encoding, errors, eot, piece_size, n_vocab, bin_dtype,
-                 text_format, bar.update, totals)
+    work = _work(paths, combine, encoding, errors, eot, piece_size, n_vocab, bin_dtype, text_format, wanted,
+                 bar.update, totals)
     tokens = 0
     with bar:
         for kind, value in _encoded(work, encode, jobs, worker_args):

@@ -19,16 +19,20 @@ line that cannot be read is a DatasetError naming the file and the line. This mo
 TensorFlow.
 """
 
+import collections
 import csv
 import json
 import sys
 from typing import NamedTuple
+
+import numpy as np
 
 from gpt2_tf.encoder import ENDOFTEXT
 from gpt2_tf.token_files import DatasetError
 
 STARTOFTEXT = "<|startoftext|>"
 JOINED_SIZE = 1 << 16  # characters of documents joined into one block of text
+HELD_OUT_FILE = "held_out.json"  # in a run's folder: the documents train.py --val_split holds out
 
 
 class TextFormat(NamedTuple):
@@ -68,14 +72,21 @@ def documents(path, blocks, fmt):
             yield number, line if kind == "lines" else _json_text(path, number, line, fmt.field)
 
 
-def joined(path, blocks, fmt):
-    """The text of a file as a training set holds it, as blocks of text (see the module's docstring)."""
+def joined(path, blocks, fmt, wanted=None):
+    """The text of a file as a training set holds it, as blocks of text (see the module's docstring).
+    `wanted`, if given, is called once for each document in turn; those for which it returns False are
+    left out (a held-out split)."""
     kind = form(path, fmt)
     if kind == "text":
-        yield from blocks
+        if wanted is None or wanted():
+            yield from blocks
+        else:
+            collections.deque(blocks, maxlen=0)  # read all the same, for the progress bar
         return
     parts, size, first = [], 0, True
     for _, text in documents(path, blocks, fmt):
+        if wanted is not None and not wanted():
+            continue
         if kind == "csv":
             parts.append(text + "\n")
         else:
@@ -87,6 +98,29 @@ def joined(path, blocks, fmt):
             parts, size = [], 0
     if parts:
         yield "".join(parts)
+
+
+def held_out(n, fraction, seed):
+    """The numbers (from 0, sorted) of the documents that a split of `fraction` holds out of `n`:
+    max(1, round(fraction * n)) of them, at most n - 1, drawn by numpy's default_rng(seed). The same n,
+    fraction and seed give the same documents, on any machine."""
+    k = min(max(1, round(fraction * n)), n - 1)
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(n, size=k, replace=False))
+
+
+class Numbered:
+    """A `wanted` for joined and the dataset loaders: called once per document, in order, it says whether
+    the document is one of `numbers` (with inside=True) or not one of them (inside=False). `count` is how
+    many documents it was asked about."""
+
+    def __init__(self, numbers, inside):
+        self.numbers = set(numbers)
+        self.inside = inside
+        self.count = 0
+
+    def __call__(self):
+        number, self.count = self.count, self.count + 1
+        return (number in self.numbers) == self.inside
 
 
 def _lines(blocks):

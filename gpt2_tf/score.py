@@ -286,12 +286,13 @@ def figures(tokens, nll, correct, size=None, words=None):
 
 
 def load_documents(enc, files, text_format=None, encoding="utf-8", errors="strict", n_vocab=None,
-                   bin_dtype="uint16"):
+                   bin_dtype="uint16", wanted=None):
     """The documents of `files` (see cli.input_files): each text file, or the documents of it that
     `text_format` gives (documents.TextFormat: .csv rows, .jsonl records, with line_by_line each line
     that is not blank), named FILE:LINE; each array of a token file (.npz, .bin; memory-mapped where the
     file allows, and its ids all checked, since every one will be read). Text is tokenized as encode.py
-    does (a literal <|endoftext|> becomes its id), through tiktoken when it is installed."""
+    does (a literal <|endoftext|> becomes its id), through tiktoken when it is installed. `wanted`, if
+    given, is asked once for each document in turn whether to keep it (see dataset.load_dataset)."""
     from gpt2_tf.dataset import read_text
     from gpt2_tf.documents import TextFormat, documents, form
     from gpt2_tf.encoder import encode_with_eot
@@ -305,11 +306,16 @@ def load_documents(enc, files, text_format=None, encoding="utf-8", errors="stric
     def tokenize(text):
         return encode_with_eot(encode, text, enc.eot_token)
 
+    def keep():
+        return wanted is None or wanted()
+
     found = []
     for path in files:
         if is_token_file(path):
             for i, array in enumerate(read_tokens(path, n_vocab, bin_dtype)):
                 name = path if path.endswith(".bin") else f"{path}[{i}]"
+                if not keep():
+                    continue
                 if n_vocab is not None and isinstance(array, np.memmap):
                     check_ids(array, n_vocab, path, name)
                 found.append(Document(name, array))
@@ -317,5 +323,5 @@ def load_documents(enc, files, text_format=None, encoding="utf-8", errors="stric
         blocks = read_text(path, encoding, errors, lambda size: None)
         whole = form(path, text_format) == "text"
         found += [Document.from_text(path if whole else f"{path}:{line}", text, tokenize)
-                  for line, text in documents(path, blocks, text_format)]
+                  for line, text in documents(path, blocks, text_format) if keep()]
     return found

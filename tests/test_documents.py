@@ -2,6 +2,7 @@
 train.py and score.py read them; CSV checked against gpt-2-simple's own code."""
 
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -14,10 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpt2_tf.dataset import DatasetError, load_dataset
-from gpt2_tf.documents import STARTOFTEXT, TextFormat, documents, joined
+from gpt2_tf.dataset import DatasetError, count_documents, load_dataset
+from gpt2_tf.documents import STARTOFTEXT, Numbered, TextFormat, documents, held_out, joined
 from gpt2_tf.encoder import ENDOFTEXT, get_encoder
 from gpt2_tf.score import load_documents
+from gpt2_tf.token_files import save_tokens
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,7 +75,8 @@ GPT_2_SIMPLE = textwrap.dedent("""
 
 
 def test_a_csv_gives_the_tokens_of_gpt_2_simples_encode_csv_and_its_load_dataset(enc, vocab_dir, tmp_path):
-    pytest.importorskip("gpt_2_simple")
+    if importlib.util.find_spec("gpt_2_simple") is None:  # not imported here: it turns eager execution off
+        pytest.skip("gpt-2-simple is not installed (pip install -e '.[test]')")
     rows = [[text, str(i)] for i, text in enumerate(TEXTS)]
     path = write_csv(tmp_path / "data.csv", rows)
     text_path, tokens_path = tmp_path / "encode_csv.txt", tmp_path / "tokens.npy"
@@ -234,3 +237,58 @@ def test_train_bpe_counts_the_texts_of_a_jsonl_file_not_its_syntax(tmp_path):
     (tmp_path / "d.txt").write_text(ENDOFTEXT.join(texts), encoding="utf-8")
     counts = count_files([str(tmp_path / "d.jsonl")])
     assert counts == count_files([str(tmp_path / "d.txt")]) and '"text"' not in "".join(counts)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A held-out split (train.py --val_split): which documents, and what the loaders keep.
+
+
+@pytest.mark.parametrize("n, fraction", [(2, 0.5), (3, 0.01), (10, 0.05), (10, 0.99), (1000, 0.05)])
+def test_held_out_draws_a_fixed_count_of_distinct_documents_by_its_seed(n, fraction):
+    held = held_out(n, fraction, seed=3)
+    assert len(held) == min(max(1, round(fraction * n)), n - 1) and len(set(held)) == len(held)
+    assert held == sorted(held) and all(0 <= i < n for i in held)
+    assert held_out(n, fraction, seed=3) == held
+    if n == 1000:
+        assert held_out(n, fraction, seed=4) != held
+
+
+def test_a_split_keeps_exactly_the_documents_of_each_side(enc, tmp_path):
+    """Loading with Numbered keeps the documents it names, numbered across files as count_documents
+    counts them: the chunks equal those of files that hold only those documents."""
+    texts = [f"Record {i}, on its own line." for i in range(9)]
+    (tmp_path / "all").mkdir()
+    write_csv(tmp_path / "all" / "a.csv", [[t] for t in texts[:4]], header=("text",))
+    (tmp_path / "all" / "b.jsonl").write_text("".join(json.dumps({"text": t}) + "\n\n" for t in texts[4:8]),
+                                              encoding="utf-8")
+    save_tokens(tmp_path / "all" / "c.npz", [np.arange(5, 9), np.arange(20, 31)])
+    (tmp_path / "all" / "d.txt").write_text(texts[8], encoding="utf-8")
+    documents_in_order = ([("a.csv", [t]) for t in texts[:4]] + [("b.jsonl", t) for t in texts[4:8]]
+                          + [("c.npz", np.arange(5, 9)), ("c.npz", np.arange(20, 31)), ("d.txt", texts[8])])
+    assert count_documents(str(tmp_path / "all")) == len(documents_in_order) == 11
+    held = [1, 5, 8, 10]
+    for inside in (True, False):
+        chosen = [d for i, d in enumerate(documents_in_order) if (i in held) == inside]
+        only = tmp_path / f"only-{inside}"
+        only.mkdir()
+        csv_rows = [text for name, text in chosen if name == "a.csv"]
+        if csv_rows:
+            write_csv(only / "a.csv", csv_rows, header=("text",))
+        records = [text for name, text in chosen if name == "b.jsonl"]
+        if records:
+            (only / "b.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in records),
+                                          encoding="utf-8")
+        arrays = [array for name, array in chosen if name == "c.npz"]
+        if arrays:
+            save_tokens(only / "c.npz", arrays)
+        if any(name == "d.txt" for name, _ in chosen):
+            (only / "d.txt").write_text(texts[8], encoding="utf-8")
+        wanted = Numbered(held, inside)
+        split = load_dataset(enc, str(tmp_path / "all"), progress=False, wanted=wanted)
+        assert wanted.count == 11
+        expected = load_dataset(enc, str(only), progress=False)
+        assert [c.tolist() for c in split] == [c.tolist() for c in expected]
+        wanted = Numbered(held, inside)
+        scored = load_documents(enc, sorted(str(p) for p in (tmp_path / "all").iterdir()), wanted=wanted)
+        reference = load_documents(enc, sorted(str(p) for p in only.iterdir()))
+        assert [d.tokens.tolist() for d in scored] == [d.tokens.tolist() for d in reference]

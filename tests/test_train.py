@@ -266,6 +266,80 @@ def test_csv_jsonl_and_line_by_line_train_as_the_text_they_stand_for(tmp_path, t
     assert losses["d.jsonl"] == losses["lines.txt"] == losses["joined.txt"] != losses["csv.txt"]
 
 
+def test_val_split_trains_on_the_kept_documents_and_validates_on_the_held_out(tmp_path, tiny_model, capsys):
+    """--val_split 0.25 of 12 JSON Lines records: the run equals one trained on a file of the 9 kept records
+    and validated (--val_full) on a file of the 3 held out, to the bit; the same records for another batch
+    size and on resume; a resume that would change them is refused; score.py --held_out scores them."""
+    from gpt2_tf.cli import UsageError
+
+    texts = [f"Record {i}: " + "some words, and more words; " * (2 + i % 5) for i in range(12)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    common = ["--steps", "2", "--learning_rate", "0.001", "--val_every", "1", "--val_full"]
+    split = ["--val_split", "0.25"]
+    lines = train(flags(tmp_path, tiny_model, str(data), *common, *split, "--run_name", "split"), capsys)
+    record = json.loads((tmp_path / "checkpoint" / "split" / "held_out.json").read_text(encoding="utf-8"))
+    held = record["held_out"]
+    assert record["documents"] == 12 and len(held) == 3
+
+    def records(numbers):
+        path = tmp_path / f"{len(numbers)}.jsonl"
+        path.write_text("".join(json.dumps({"text": texts[i]}) + "\n" for i in numbers), encoding="utf-8")
+        return str(path)
+
+    kept, held_file = records([i for i in range(12) if i not in held]), records(held)
+    reference = train(flags(tmp_path, tiny_model, kept, *common, "--val_dataset", held_file,
+                            "--run_name", "reference"), capsys)
+    assert step_losses(lines) == step_losses(reference) and len(step_losses(lines)) == 2
+    assert [v.split("]")[1] for v in lines if VAL_LINE.match(v)] == \
+        [v.split("]")[1] for v in reference if VAL_LINE.match(v)] != []
+    assert_same_weights(weights(checkpoint.latest(str(tmp_path / "checkpoint" / "split"))),
+                        weights(checkpoint.latest(str(tmp_path / "checkpoint" / "reference"))))
+
+    train(flags(tmp_path, tiny_model, str(data), *common, *split, "--run_name", "b1", "--batch_size", "1",
+                "--steps", "1"), capsys)
+    other = json.loads((tmp_path / "checkpoint" / "b1" / "held_out.json").read_text(encoding="utf-8"))
+    assert other["held_out"] == held
+    resumed = train(flags(tmp_path, tiny_model, str(data), *common, *split, "--run_name", "split", "--steps",
+                          "1"), capsys)
+    assert list(step_losses(resumed)) == [3]
+    with pytest.raises(UsageError, match="resume it with --val_split 0.25 --val_split_seed 0"):
+        train(flags(tmp_path, tiny_model, str(data), *common, "--run_name", "split", "--steps", "4"), capsys)
+    with pytest.raises(UsageError, match="held out other documents"):
+        train(flags(tmp_path, tiny_model, str(data), *common, *split, "--val_split_seed", "1",
+                    "--run_name", "split", "--steps", "4"), capsys)
+    with pytest.raises(UsageError, match="nothing can be held out"):
+        train(flags(tmp_path, tiny_model, kept, *common, *split, "--run_name", "reference", "--steps", "4"),
+              capsys)
+
+    models_dir, name, _ = tiny_model
+    script = os.path.join(os.path.dirname(train_script.__file__), "score.py")
+    score = [sys.executable, script, "--models_dir", models_dir, "--model_name", name,
+             "--checkpoint_dir", str(tmp_path / "checkpoint"), "--run_name", "split", "--quiet", "--json"]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    by_run = subprocess.run([*score, str(tmp_path / "a.json"), "--held_out", "split"], capture_output=True,
+                            text=True, env=env, timeout=300)
+    direct = subprocess.run([*score, str(tmp_path / "b.json"), held_file], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert by_run.returncode == direct.returncode == 0, by_run.stderr + direct.stderr
+    a, b = (json.loads((tmp_path / f).read_text(encoding="utf-8")) for f in ("a.json", "b.json"))
+    assert [d["name"] for d in a["documents"]] == [f"{data}:{i + 1}" for i in held]
+    assert a["total"] == b["total"]
+
+
+def test_val_split_refuses_one_document_and_a_second_validation_set(tmp_path, tiny_model, capsys):
+    from gpt2_tf.cli import UsageError
+
+    data = tmp_path / "one.txt"
+    data.write_text("One document only, however long. " * 50, encoding="utf-8")
+    with pytest.raises(UsageError, match="is one document; a split needs at least two"):
+        train(flags(tmp_path, tiny_model, str(data), "--val_split", "0.1", "--steps", "1"), capsys)
+    with pytest.raises(UsageError, match="give one of them"):
+        train(flags(tmp_path, tiny_model, str(data), "--val_split", "0.1", "--val_dataset", str(data)),
+              capsys)
+    assert not (tmp_path / "checkpoint" / "run1" / "held_out.json").exists()
+
+
 def test_a_token_file_changed_during_a_run_stops_it_after_saving(tmp_path, tiny_model, capsys, monkeypatch):
     from gpt2_tf.cli import train_loop as train_module
 

@@ -2,6 +2,7 @@
 flags and their checks (made before TensorFlow is imported), then `run`, the work.
 """
 
+import json
 import os
 import sys
 
@@ -18,6 +19,7 @@ from gpt2_tf.cli import (
     check_fits,
     check_output_file,
     default,
+    describe,
     input_files,
     integer,
     is_given,
@@ -31,8 +33,11 @@ from gpt2_tf.score_report import table, to_json, write_html, write_json, write_t
 
 def make_parser():
     p = Parser(description="Score text with GPT-2: every token once, with a sliding window.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="text files, folders, glob patterns, .npz files or nanoGPT's .bin files")
+    p.add_argument("--held_out", metavar="RUN",
+                   help="score the documents that train.py --val_split held out of the dataset of run RUN "
+                        "(its checkpoint_dir/RUN/held_out.json), in place of INPUT")
     add_model_flags(p, "score the newest checkpoint of checkpoint_dir/run_name (fine-tuned)")
     p.add_argument("--context", type=integer(2), default=None, help="window length C (default: n_ctx)")
     p.add_argument("--stride", type=integer(1), default=None,
@@ -77,6 +82,9 @@ def check_args(args):
                          "--line_by_line need the exact per-token scores: leave --compat out")
     check_fits(args.batch_size * context * model.hparams.n_vocab * 4,
                f"--batch_size {args.batch_size}: the logits of {args.batch_size} windows of {context} tokens")
+    args.split = read_split(args) if args.held_out else None
+    if not args.inputs:
+        raise UsageError("nothing to score: name the INPUT files, or --held_out RUN")
     files, _ = input_files(args.inputs, args.encoding, args.verbose)
     if not files:
         raise UsageError("no input files found")
@@ -94,6 +102,29 @@ def check_args(args):
                              "weights' precision was chosen when convert.py wrote it)")
     args.dtype = None if args.dtype == "float32" else str(args.dtype)
     return files, model
+
+
+def read_split(args):
+    """The held_out.json of run --held_out (train.py --val_split), its dataset made the input and its
+    reading flags (encoding, .csv and .jsonl flags) those of this run. Raises UsageError."""
+    from gpt2_tf.documents import HELD_OUT_FILE
+
+    if args.inputs:
+        raise UsageError(f"--held_out {args.held_out} names the documents to score; leave out INPUT "
+                         f"({args.inputs[0]})")
+    path = os.path.join(args.checkpoint_dir, args.held_out, HELD_OUT_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            split = json.load(f)
+        args.inputs = [split["dataset"]]
+        args.encoding, args.errors, args.bin_dtype = split["encoding"], split["errors"], split["bin_dtype"]
+        split["held_out"], split["documents"] = list(split["held_out"]), int(split["documents"])
+    except FileNotFoundError:
+        raise UsageError(f"--held_out {args.held_out}: {path} is not there (train.py writes it when a run "
+                         "holds documents out; is --checkpoint_dir right?)") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"cannot read {path}: {describe(e)}") from None
+    return split
 
 
 def score(args, checked):
@@ -117,7 +148,7 @@ def run(args, files, out=None, model=None):
     of `files`, score them, print the table to `out` (default stdout; stderr when a file is written to
     standard output) and write the requested files. Returns the totals."""
     from gpt2_tf.devices import grow_gpu_memory
-    from gpt2_tf.documents import form
+    from gpt2_tf.documents import Numbered, TextFormat, form
     from gpt2_tf.model_files import find_model, load
     from gpt2_tf.score import figures, load_documents, score_documents, totals
 
@@ -131,8 +162,14 @@ def run(args, files, out=None, model=None):
         model, hparams, enc = load(model_files, dtype=args.dtype)
     context = args.context or hparams.n_ctx
     stride = args.stride or context // 2
-    fmt = text_format(args)
-    documents = load_documents(enc, files, fmt, args.encoding, args.errors, hparams.n_vocab, args.bin_dtype)
+    split = getattr(args, "split", None)
+    fmt = TextFormat(**split["text_format"]) if split else text_format(args)
+    wanted = Numbered(split["held_out"], inside=True) if split else None
+    documents = load_documents(enc, files, fmt, args.encoding, args.errors, hparams.n_vocab, args.bin_dtype,
+                               wanted)
+    if split and wanted.count != split["documents"]:
+        raise UsageError(f"{split['dataset']} has changed since run {args.held_out} held documents out of "
+                         f"it: it holds {wanted.count} documents, the run counted {split['documents']}")
     if args.prefix == "eot" and args.compat is None and enc.eot_token is None:
         raise UsageError("the vocabulary has no <|endoftext|> token: use --prefix none")
     prefix = "none" if args.compat == "hf" else args.prefix

@@ -130,6 +130,11 @@ def add_run_flags(p):
         help="keep the N newest checkpoints (0: all), plus one every two hours")
 
     add("--val_dataset", metavar="PATH", default=None, help="validation data (default: --dataset)")
+    add("--val_split", metavar="F", type=number(above=0, below=1), default=None,
+        help="hold out this fraction of --dataset's documents (files, CSV rows, JSON Lines records, lines "
+             "with --line_by_line, arrays of token files): validate on them, never train on them")
+    add("--val_split_seed", metavar="SEED", type=COUNT, default=0,
+        help="which documents --val_split holds out (independent of --seed)")
     add("--val_batch_size", metavar="SIZE", type=POSITIVE, default=2, help="windows per validation batch")
     add("--val_batch_count", metavar="N", type=POSITIVE, default=40, help="validation batches")
     add("--val_every", metavar="STEPS", type=COUNT, default=0, help="validate every STEPS steps (0: never)")

@@ -12,9 +12,11 @@ from gpt2_tf.cli import (
     check_encoding,
     check_fits,
     check_folder_or_new,
+    describe,
     is_given,
 )
 from gpt2_tf.dataset import DatasetError, list_files
+from gpt2_tf.documents import HELD_OUT_FILE
 from gpt2_tf.files import FolderLock, Held
 from gpt2_tf.hparams import HParams, load_hparams, missing_model, model_dir
 
@@ -74,6 +76,11 @@ def check_args(args):
     if problem:
         raise UsageError(problem)
     base = model_dir(args.model_name, args.models_dir)
+    if resuming and args.val_split is None:
+        check_no_split(args, run_dir)
+    if resuming and args.val_split is not None and not os.path.exists(os.path.join(run_dir, HELD_OUT_FILE)):
+        raise UsageError(f"--val_split: run {args.run_name} has trained on all of its data, so nothing can "
+                         "be held out of it now; start another --run_name with --val_split")
     start = start_checkpoint(args, run_dir, base, resuming)
     saved = read_train_state(start) if start is not None and args.restore_from != "fresh" else None
     hparams = run_hparams(args, base, start, saved is not None or resuming)
@@ -93,11 +100,31 @@ def check_args(args):
     return Checked(hparams=hparams, base_dir=base, start=start, lock=lock)
 
 
+def check_no_split(args, run_dir):
+    """A run that holds documents out (its held_out.json) resumes only with the same split: refuse to
+    go on without --val_split, which would train on them."""
+    path = os.path.join(run_dir, HELD_OUT_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            split = json.load(f)
+        flags = f"--val_split {split['val_split']:g} --val_split_seed {split['val_split_seed']}"
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"cannot read {path}: {describe(e)}") from None
+    count = len(split.get("held_out", []))
+    raise UsageError(f"run {args.run_name} holds out {count} documents of its dataset ({path}); resume it "
+                     f"with {flags}, or give another --run_name")
+
+
 def check_flags_and_paths(args):
     """The flags that go together, the encoding, the output folders (writable) and the datasets."""
     parse_memlimit(args.twremat_memlimit)
     if args.val_full and not args.val_every:
         raise UsageError("--val_full needs --val_every (how often to validate)")
+    if args.val_split is not None and args.val_dataset is not None:
+        raise UsageError("--val_split holds out part of --dataset for validation; --val_dataset names other "
+                         "data: give one of them")
     check_encoding(args.encoding)
     for flag in ("checkpoint_dir", "sample_dir"):
         check_folder_or_new(getattr(args, flag), f"--{flag}")

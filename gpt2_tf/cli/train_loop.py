@@ -25,6 +25,7 @@ T = n_ctx (the window length), V = n_vocab.
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import sys
@@ -40,7 +41,7 @@ from gpt2_tf import checkpoint, checkpoint_files
 from gpt2_tf.checkpoint_files import CheckpointMismatch
 from gpt2_tf.cli import Interrupted, UsageError, describe, text_format
 from gpt2_tf.cli.train_checks import TrainingError, check_args, memory_warning, run_settings
-from gpt2_tf.dataset import DatasetError, Sampler, default_jobs, list_files, load_dataset
+from gpt2_tf.dataset import DatasetError, Sampler, count_documents, default_jobs, list_files, load_dataset
 from gpt2_tf.devices import (
     default_compile,
     device_memory,
@@ -50,6 +51,7 @@ from gpt2_tf.devices import (
     num_workers,
     summary,
 )
+from gpt2_tf.documents import HELD_OUT_FILE, Numbered, held_out
 from gpt2_tf.encoder import Encoder, get_encoder
 from gpt2_tf.files import WriteError, atomic_write
 from gpt2_tf.hparams import HParams, save_hparams
@@ -128,13 +130,13 @@ class Events:
 # Data.
 
 
-def load_chunks(enc, path, args, n_ctx, what="dataset"):
+def load_chunks(enc, path, args, n_ctx, what="dataset", wanted=None):
     """load_dataset(...) -> (chunks, total tokens); problems, and data too small for n_ctx-token
-    windows, become UsageError."""
+    windows, become UsageError. `wanted`: which documents to keep (see load_dataset)."""
     try:
         chunks = load_dataset(enc, path, args.combine, encoding=args.encoding, errors=args.errors,
                               literal_endoftext=args.literal_endoftext, jobs=default_jobs(),
-                              bin_dtype=args.bin_dtype, text_format=text_format(args))
+                              bin_dtype=args.bin_dtype, text_format=text_format(args), wanted=wanted)
         if not chunks:
             raise ValueError("no data found (does the path or pattern match any file?)")
         Sampler(chunks, seed=0).sample(n_ctx)  # the sampler's own check that windows fit
@@ -306,7 +308,8 @@ def set_up(args, checked):
     run_dir = os.path.join(args.checkpoint_dir, args.run_name)
     memory_saving = args.memory_saving_gradients or args.twremat
     announce(args, hparams, start, memory_saving)
-    chunks, val_chunks, val_documents = load_data(args, enc, hparams)
+    split = held_out_split(args, run_dir)
+    chunks, val_chunks, val_documents = load_data(args, enc, hparams, split)
 
     with strategy.scope():
         model = build_model(hparams, args.mixed_precision, memory_saving=memory_saving,
@@ -314,6 +317,8 @@ def set_up(args, checked):
         variables = trained_variables(model, args.only_train_transformer_layers)
         optimizer = build_optimizer(args, variables)
     chief = is_chief(strategy)
+    if split and chief:
+        record_split(split, run_dir)
     if start is not None:
         restore_weights(model, start)
     elif chief:
@@ -393,18 +398,66 @@ def announce(args, hparams, start, memory_saving):
         say(f"Loading checkpoint {start}")
 
 
-def load_data(args, enc, hparams):
+def load_data(args, enc, hparams, split=None):
     """(training chunks, validation chunks, validation documents or None): --dataset, and for
-    validation --val_dataset or the training data (with --val_full, whole documents to score)."""
+    validation --val_dataset, the documents `split` holds out (see held_out_split; they are then left
+    out of training) or the training data; with --val_full, whole documents to score."""
     say("Loading dataset...")
-    chunks, total_tokens = load_chunks(enc, args.dataset, args, hparams.n_ctx)
+    kept = Numbered(split["held_out"], inside=False) if split else None
+    chunks, total_tokens = load_chunks(enc, args.dataset, args, hparams.n_ctx, wanted=kept)
     val_chunks, val_documents = chunks, None
     if args.val_every > 0 and args.val_full:
-        val_documents = load_validation_documents(enc, args, hparams.n_vocab)
+        val_documents = load_validation_documents(enc, args, hparams.n_vocab, split)
+    elif args.val_every > 0 and split:
+        val_chunks, _ = load_chunks(enc, args.dataset, args, hparams.n_ctx, "held-out documents of",
+                                    Numbered(split["held_out"], inside=True))
     elif args.val_every > 0 and args.val_dataset:
         val_chunks, _ = load_chunks(enc, args.val_dataset, args, hparams.n_ctx, "validation dataset")
     say(f"dataset has {total_tokens} tokens")
     return chunks, val_chunks, val_documents
+
+
+def held_out_split(args, run_dir):
+    """--val_split's record of the run, None without it: {"dataset" (its absolute path), "val_split",
+    "val_split_seed", "documents" (how many --dataset holds), "held_out" (their numbers, from 0, in
+    the order of dataset.count_documents), "text_format", "encoding", "errors", "bin_dtype"}. A run that
+    already holds documents out (its held_out.json) must hold out the same ones (UsageError)."""
+    if args.val_split is None:
+        return None
+    fmt = text_format(args)
+    try:
+        n = count_documents(args.dataset, args.encoding, args.errors, fmt, args.bin_dtype)
+    except DatasetError as e:
+        raise UsageError(f"dataset {e}") from None
+    if n < 2:
+        raise UsageError(f"--val_split: --dataset {args.dataset} is one document; a split needs at least two "
+                         "(a folder of files, a .csv or .jsonl file, or --line_by_line)")
+    split = {"dataset": os.path.abspath(args.dataset), "val_split": args.val_split,
+             "val_split_seed": args.val_split_seed, "documents": n,
+             "held_out": held_out(n, args.val_split, args.val_split_seed), "text_format": fmt._asdict(),
+             "encoding": args.encoding, "errors": args.errors, "bin_dtype": args.bin_dtype}
+    path = os.path.join(run_dir, HELD_OUT_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+    except FileNotFoundError:
+        return split
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {path}: {describe(e)}") from None
+    if [recorded.get(key) for key in ("documents", "held_out")] != [n, split["held_out"]]:
+        was = f"{len(recorded.get('held_out', []))} of {recorded.get('documents')}"
+        raise UsageError(f"run {args.run_name} held out other documents ({path}: {was}; now "
+                         f"{len(split['held_out'])} of {n}): the dataset, --val_split or --val_split_seed "
+                         "changed; resume with those of the run, or give another --run_name")
+    return split
+
+
+def record_split(split, run_dir):
+    """Write the run's held_out.json (see held_out_split), which score.py --held_out reads."""
+    os.makedirs(run_dir, exist_ok=True)
+    with atomic_write(os.path.join(run_dir, HELD_OUT_FILE), "utf-8") as f:
+        json.dump(split, f, indent=1)
+        f.write("\n")
 
 
 def build_optimizer(args, variables):
@@ -557,12 +610,14 @@ def validate(r):
     say(f"[{step} | {r.elapsed():2.2f}] validation loss = {loss:2.2f}")
 
 
-def load_validation_documents(enc, args, n_vocab):
-    """--val_full's documents: each file of --val_dataset (default --dataset), each array of an .npz."""
+def load_validation_documents(enc, args, n_vocab, split=None):
+    """--val_full's documents: those of --val_dataset (default --dataset: with a `split`, the documents
+    it holds out), as score.py reads them."""
     path = args.val_dataset or args.dataset
+    wanted = Numbered(split["held_out"], inside=True) if split else None
     try:
         documents = load_documents(enc, list_files(path, args.encoding), text_format(args), args.encoding,
-                                   args.errors, n_vocab=n_vocab, bin_dtype=args.bin_dtype)
+                                   args.errors, n_vocab=n_vocab, bin_dtype=args.bin_dtype, wanted=wanted)
     except DatasetError as e:
         raise UsageError(f"validation dataset {e}") from None
     if not any(len(d.tokens) for d in documents):
