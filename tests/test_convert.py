@@ -270,6 +270,7 @@ def run_convert(*argv, cwd=None):
                           text=True, cwd=cwd, env=env, timeout=300)
 
 
+@pytest.mark.slow  # over 10 s: the default suite stays near 10 minutes
 def test_cli_converts_and_refuses_in_one_line(source, exported, tmp_path):
     out = run_convert(str(exported / "hf"), str(tmp_path / "a"), "--quiet")
     assert out.returncode == 0 and out.stdout == "" and out.stderr == "", out.stderr

@@ -178,6 +178,7 @@ def test_lens_script_shows_split_characters_as_text(tiny_model, tmp_path):
     assert "\ufffd" not in page and '<th colspan="2" title="token 1: id' in page and ">这</th>" in page
 
 
+@pytest.mark.slow  # over 10 s: the default suite stays near 10 minutes
 def test_ecco_preset_is_no_final_ln_in_eccos_numbering(tiny_model, tmp_path):
     models_dir, name, _ = tiny_model
     base = ["--models_dir", models_dir, "--model_name", name, "--prompt", "The keys to the cabinet",

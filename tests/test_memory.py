@@ -65,6 +65,7 @@ print(json.dumps({
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="measured with Linux's /proc")
+@pytest.mark.slow  # over 10 s: the default suite stays near 10 minutes
 def test_save_and_restore_take_no_second_copy(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MALLOC_MMAP_THRESHOLD_="131072")
     out = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path)], capture_output=True, text=True,

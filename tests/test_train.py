@@ -244,6 +244,7 @@ def test_token_file_formats_train_the_same(tmp_path, tiny_model, capsys):
     assert_same_weights(weights(str(runs / "compressed.npz")), weights(str(runs / "train.bin")))
 
 
+@pytest.mark.slow  # over 10 s: the default suite stays near 10 minutes
 def test_csv_jsonl_and_line_by_line_train_as_the_text_they_stand_for(tmp_path, tiny_model, capsys):
     """A .csv, a .jsonl and a file read --line_by_line train as the plain text of their documents (CSV rows
     wrapped as gpt-2-simple wraps them, the others separated by <|endoftext|>): the same losses."""
@@ -266,6 +267,7 @@ def test_csv_jsonl_and_line_by_line_train_as_the_text_they_stand_for(tmp_path, t
     assert losses["d.jsonl"] == losses["lines.txt"] == losses["joined.txt"] != losses["csv.txt"]
 
 
+@pytest.mark.slow  # over 10 s: the default suite stays near 10 minutes
 def test_val_split_trains_on_the_kept_documents_and_validates_on_the_held_out(tmp_path, tiny_model, capsys):
     """--val_split 0.25 of 12 JSON Lines records: the run equals one trained on a file of the 9 kept records
     and validated (--val_full) on a file of the 3 held out, to the bit; the same records for another batch
