@@ -21,9 +21,10 @@ setup(
     ],
     extras_require={
         # tiktoken and tokenizers are test oracles; transformers (on torch), keras-hub and safetensors are
-        # the clients that prove convert.py's formats (docs/convert.md); gpt-2-simple proves the CSV reading
-        "test": ["pytest", "hypothesis", "ruff", "tiktoken", "tokenizers", "matplotlib",
-                 "torch", "transformers", "keras-hub", "safetensors", "ai-edge-litert", "gpt-2-simple"],
+        # the clients that prove convert.py's formats (docs/convert.md); gpt-2-simple proves the CSV reading,
+        # lm-evaluation-harness score.py --task
+        "test": ["pytest", "hypothesis", "ruff", "tiktoken", "tokenizers", "matplotlib", "torch",
+                 "transformers", "keras-hub", "safetensors", "ai-edge-litert", "gpt-2-simple", "lm-eval[hf]"],
         "fast": ["tiktoken"],  # encode.py about 6x faster, same tokens (docs/encode.md)
         "lens": ["matplotlib"],  # lens.py --png and attention.py --png only
         "keras-hub": ["keras-hub"],  # convert.py --to keras_hub, and reading KerasHub presets

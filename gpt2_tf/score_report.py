@@ -34,6 +34,29 @@ def table(rows, total):
     return lines
 
 
+def task_table(task, rows, total=None):
+    """Lines of a benchmark's table (score.py --task): [(file, tasks.summary)] rows, then TOTAL if given.
+    Accuracies in percent, each with its standard error."""
+    def percent(value):
+        return "-" if value is None else f"{100 * value:.2f}%"
+
+    from gpt2_tf.tasks import multiple_choice
+
+    names = ["acc", "acc_norm"] if multiple_choice(task) else ["acc"]
+    extra = [] if multiple_choice(task) else ["ppl"]
+    columns = ["items"] + [c for name in names for c in (name, "±")] + extra
+    cells = [(name, [f"{figures['items']:,}"]
+              + [percent(figures[k]) for n in names for k in (n, f"{n}_stderr")]
+              + [f"{figures[k]:.3f}" for k in extra])
+             for name, figures in rows + ([("TOTAL", total)] if total else [])]
+    name_width = max(len(task), *(len(name) for name, _ in cells))
+    widths = [max(len(c), *(len(values[i]) for _, values in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join([f"{task:<{name_width}}"] + [f"{c:>{w}}" for c, w in zip(columns, widths)])]
+    lines += ["  ".join([f"{name:<{name_width}}"] + [f"{v:>{w}}" for v, w in zip(values, widths)])
+              for name, values in cells]
+    return lines
+
+
 def to_json(settings, documents, total):
     """The JSON of docs/score.md: settings (context, stride, prefix, ...), documents [(name, sums)], total."""
     keys = ("tokens", "bytes", "words", "nll", "correct")

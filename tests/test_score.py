@@ -318,3 +318,17 @@ def test_train_val_full_scores_the_validation_data_as_score_does(loaded, tiny_mo
     assert values["val_loss", 0] == pytest.approx(expected["loss"], rel=1e-5)
     assert values["val_ppl", 0] == pytest.approx(expected["ppl"], rel=1e-5)
     assert values["val_accuracy", 0] == pytest.approx(expected["accuracy"])
+
+
+@pytest.mark.parametrize("content, message", [("{", "line 1 column 2"),
+                                              ('{"dataset": "x"}', "no valid 'val_split'"),
+                                              ("[1]", "not the record")])
+def test_a_damaged_held_out_record_is_refused_in_one_line(tiny_model, tmp_path, content, message):
+    models_dir, name, _ = tiny_model
+    (tmp_path / "ckpt" / "run1").mkdir(parents=True)
+    (tmp_path / "ckpt" / "run1" / "held_out.json").write_text(content, encoding="utf-8")
+    before = snapshot(tmp_path)
+    out = run_score("--held_out", "run1", "--checkpoint_dir", str(tmp_path / "ckpt"), "--models_dir",
+                    models_dir, "--model_name", name)
+    assert_refused(out, "score.py", tmp_path, before, "cannot read")
+    assert message in out.stderr

@@ -254,6 +254,34 @@ def text_format(args):
                       start=args.start_token, end=args.end_token, field=args.json_field)
 
 
+# The keys of a run's held_out.json and their types.
+HELD_OUT_KEYS = {"dataset": str, "val_split": (int, float), "val_split_seed": int, "documents": int,
+                 "held_out": list, "text_format": dict, "encoding": str, "errors": str, "bin_dtype": str}
+
+
+def read_held_out(run_dir):
+    """The held_out.json of a run (what train.py --val_split held out: train_loop.held_out_split says
+    its keys), or None when the run has none. A file that cannot be read or is not such a record is a
+    UsageError naming it."""
+    import json
+
+    from gpt2_tf.documents import HELD_OUT_FILE
+
+    path = os.path.join(run_dir, HELD_OUT_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            split = json.load(f)
+        wrong = [key for key, kind in HELD_OUT_KEYS.items()
+                 if not isinstance(split, dict) or not isinstance(split.get(key), kind)]
+        if wrong:
+            raise ValueError(f"not the record train.py --val_split writes (no valid {wrong[0]!r})")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as e:
+        raise UsageError(f"cannot read {path}: {describe(e)}") from None
+    return split
+
+
 def add_bin_dtype_flag(parser):
     """--bin_dtype, for scripts that read token files (args.bin_dtype)."""
     from gpt2_tf.token_files import BIN_DTYPES

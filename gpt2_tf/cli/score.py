@@ -2,7 +2,6 @@
 flags and their checks (made before TensorFlow is imported), then `run`, the work.
 """
 
-import json
 import os
 import sys
 
@@ -19,22 +18,28 @@ from gpt2_tf.cli import (
     check_fits,
     check_output_file,
     default,
-    describe,
     input_files,
     integer,
     is_given,
+    read_held_out,
     run_script,
     text_format,
 )
 from gpt2_tf.cli.model_flags import add_model_flags, check_litert, check_model_flags
 from gpt2_tf.files import is_stdout
-from gpt2_tf.score_report import table, to_json, write_html, write_json, write_tsv
+from gpt2_tf.score_report import table, task_table, to_json, write_html, write_json, write_tsv
+from gpt2_tf.tasks import TASKS, TaskError, read_task
 
 
 def make_parser():
     p = Parser(description="Score text with GPT-2: every token once, with a sliding window.")
     p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="text files, folders, glob patterns, .npz files or nanoGPT's .bin files")
+    p.add_argument("--task", choices=TASKS,
+                   help="score the items of a benchmark, INPUT being its published file: hellaswag "
+                        "(hellaswag_val.jsonl) or lambada (OpenAI's lambada_test.jsonl), as "
+                        "lm-evaluation-harness defines them; hellaswag_llmc: HellaSwag as llm.c scores it "
+                        "(docs/score.md)")
     p.add_argument("--held_out", metavar="RUN",
                    help="score the documents that train.py --val_split held out of the dataset of run RUN "
                         "(its checkpoint_dir/RUN/held_out.json), in place of INPUT")
@@ -42,7 +47,7 @@ def make_parser():
     p.add_argument("--context", type=integer(2), default=None, help="window length C (default: n_ctx)")
     p.add_argument("--stride", type=integer(1), default=None,
                    help="tokens newly scored per window S, 1 to C (default: C // 2)")
-    p.add_argument("--prefix", choices=["eot", "none"], default="eot",
+    p.add_argument("--prefix", choices=["eot", "none"], default=default("eot"),
                    help="eot: each document follows <|endoftext|> and all its tokens are scored; none: its "
                         "first token is context only")
     p.add_argument("--compat", choices=["hf"], default=None,
@@ -67,7 +72,7 @@ def make_parser():
 
 def check_args(args):
     """Check the flags, the model and the inputs before any work (TensorFlow is not imported yet);
-    returns (input files, the model's files). Raises UsageError."""
+    returns (input files, or with --task the items of its files; the model's files). Raises UsageError."""
     model = check_model_flags(args)
     check_encoding(args.encoding)
     n_ctx = model.hparams.n_ctx
@@ -82,15 +87,10 @@ def check_args(args):
                          "--line_by_line need the exact per-token scores: leave --compat out")
     check_fits(args.batch_size * context * model.hparams.n_vocab * 4,
                f"--batch_size {args.batch_size}: the logits of {args.batch_size} windows of {context} tokens")
-    args.split = read_split(args) if args.held_out else None
-    if not args.inputs:
-        raise UsageError("nothing to score: name the INPUT files, or --held_out RUN")
-    files, _ = input_files(args.inputs, args.encoding, args.verbose)
-    if not files:
-        raise UsageError("no input files found")
-    for flag in ("json", "tsv", "html"):
-        if getattr(args, flag):
-            check_output_file(getattr(args, flag), f"--{flag}", files)
+    if args.task:
+        files = check_task(args)
+    else:
+        files = check_inputs(args)
     if model.litert:
         check_litert(model)
         if not os.path.isfile(model.litert_scores):
@@ -104,6 +104,39 @@ def check_args(args):
     return files, model
 
 
+def check_inputs(args):
+    """The files to score (of INPUT, or of --held_out's run). Raises UsageError."""
+    args.split = read_split(args) if args.held_out else None
+    if not args.inputs:
+        raise UsageError("nothing to score: name the INPUT files, or --held_out RUN")
+    files, _ = input_files(args.inputs, args.encoding, args.verbose)
+    if not files:
+        raise UsageError("no input files found")
+    for flag in ("json", "tsv", "html"):
+        if getattr(args, flag):
+            check_output_file(getattr(args, flag), f"--{flag}", files)
+    return files
+
+
+def check_task(args):
+    """--task's flags and its files, read: returns {file: [tasks.Item]}. Raises UsageError."""
+    unused = {"--held_out": args.held_out, "--stride": args.stride is not None, "--compat": args.compat,
+              "--prefix": is_given(args.prefix), "--line_by_line": args.line_by_line,
+              "--show_documents": args.show_documents, "--tsv": args.tsv, "--html": args.html}
+    for flag, given in unused.items():
+        if given:
+            raise UsageError(f"{flag} is for scoring text; --task {args.task} scores each item as "
+                             "lm-evaluation-harness does: leave it out")
+    if not args.inputs:
+        raise UsageError(f"--task {args.task}: name its file (see docs/score.md for where it is published)")
+    if args.json:
+        check_output_file(args.json, "--json", args.inputs)
+    try:
+        return {path: read_task(args.task, path) for path in args.inputs}
+    except TaskError as e:
+        raise UsageError(str(e)) from None
+
+
 def read_split(args):
     """The held_out.json of run --held_out (train.py --val_split), its dataset made the input and its
     reading flags (encoding, .csv and .jsonl flags) those of this run. Raises UsageError."""
@@ -112,19 +145,46 @@ def read_split(args):
     if args.inputs:
         raise UsageError(f"--held_out {args.held_out} names the documents to score; leave out INPUT "
                          f"({args.inputs[0]})")
-    path = os.path.join(args.checkpoint_dir, args.held_out, HELD_OUT_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            split = json.load(f)
-        args.inputs = [split["dataset"]]
-        args.encoding, args.errors, args.bin_dtype = split["encoding"], split["errors"], split["bin_dtype"]
-        split["held_out"], split["documents"] = list(split["held_out"]), int(split["documents"])
-    except FileNotFoundError:
-        raise UsageError(f"--held_out {args.held_out}: {path} is not there (train.py writes it when a run "
-                         "holds documents out; is --checkpoint_dir right?)") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"cannot read {path}: {describe(e)}") from None
+    run_dir = os.path.join(args.checkpoint_dir, args.held_out)
+    split = read_held_out(run_dir)
+    if split is None:
+        raise UsageError(f"--held_out {args.held_out}: {os.path.join(run_dir, HELD_OUT_FILE)} is not there "
+                         "(train.py writes it when a run holds documents out; is --checkpoint_dir right?)")
+    args.inputs = [split["dataset"]]
+    args.encoding, args.errors, args.bin_dtype = split["encoding"], split["errors"], split["bin_dtype"]
     return split
+
+
+def run_task(args, items, model, context, enc, out):
+    """score.py --task: every item of the files of `items` ({file: [tasks.Item]}) scored together, the
+    table printed to `out` and --json written. Returns the figures of all items."""
+    from gpt2_tf.fast_encoder import FastEncoder
+    from gpt2_tf.score import WindowScorer
+    from gpt2_tf.tasks import evaluate, requests, summary
+
+    fast = FastEncoder.build(enc)
+    everything = [item for file_items in items.values() for item in file_items]
+    try:
+        found = requests(everything, fast.encode if fast is not None else enc.encode, enc.eot_token, context)
+    except TaskError as e:
+        raise UsageError(str(e)) from None
+    scorer = WindowScorer(model, context, args.batch_size)
+    with tqdm(total=sum(count for _, count in found), unit="tok", desc=f"Scoring {args.task}",
+              disable=args.quiet, dynamic_ncols=True) as bar:
+        each = evaluate(scorer, args.task, everything, found, bar.update)
+    rows, at = [], 0
+    for path, file_items in items.items():
+        rows.append((path, summary(args.task, each[at:at + len(file_items)])))
+        at += len(file_items)
+    total = summary(args.task, each)
+    if not args.quiet:
+        print("\n".join(task_table(args.task, rows, total if len(rows) > 1 else None)), file=out)
+    if args.json:
+        write_json(args.json, {"model": args.run_name or args.model_name, "task": args.task,
+                               "context": context,
+                               "files": [{"name": path, **figures} for path, figures in rows],
+                               "total": total, "items": each})
+    return total
 
 
 def score(args, checked):
@@ -145,8 +205,9 @@ def main(argv=None):
 
 def run(args, files, out=None, model=None):
     """score.py: load the model (the ModelFiles `model`, else the one the flags name) and the documents
-    of `files`, score them, print the table to `out` (default stdout; stderr when a file is written to
-    standard output) and write the requested files. Returns the totals."""
+    of `files` (with --task, check_task's items), score them, print the table to `out` (default stdout;
+    stderr when a file is written to standard output) and write the requested files. Returns the
+    totals."""
     from gpt2_tf.devices import grow_gpu_memory
     from gpt2_tf.documents import Numbered, TextFormat, form
     from gpt2_tf.model_files import find_model, load
@@ -161,6 +222,8 @@ def run(args, files, out=None, model=None):
         grow_gpu_memory()
         model, hparams, enc = load(model_files, dtype=args.dtype)
     context = args.context or hparams.n_ctx
+    if args.task:
+        return run_task(args, files, model, context, enc, out)
     stride = args.stride or context // 2
     split = getattr(args, "split", None)
     fmt = TextFormat(**split["text_format"]) if split else text_format(args)

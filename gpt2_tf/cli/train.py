@@ -140,6 +140,14 @@ def add_run_flags(p):
     add("--val_every", metavar="STEPS", type=COUNT, default=0, help="validate every STEPS steps (0: never)")
     add("--val_full", action="store_true",
         help="validate on all of the validation data, scored as score.py does, instead of sampled batches")
+    add("--eval_task", metavar="TASK=FILE", action="append", default=None,
+        help="evaluate a benchmark as score.py --task does, every --eval_every steps: hellaswag=FILE "
+             "(hellaswag_val.jsonl) or lambada=FILE (lambada_test.jsonl); may be given more than once")
+    add("--eval_every", metavar="STEPS", type=POSITIVE, default=250,
+        help="evaluate --eval_task every STEPS steps (and before the first update)")
+    add("--eval_items", metavar="N", type=COUNT, default=0,
+        help="evaluate the first N items of each --eval_task file (0: all of them)")
+    add("--eval_batch_size", metavar="SIZE", type=POSITIVE, default=8, help="sequences scored together")
     add("--max_nonfinite", metavar="N", type=COUNT, default=10,
         help="an update whose loss or gradients are not finite (NaN or infinity) is skipped; after N "
              "such steps in a row, save the last good weights and stop with an error (0: at the first)")

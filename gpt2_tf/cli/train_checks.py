@@ -12,13 +12,14 @@ from gpt2_tf.cli import (
     check_encoding,
     check_fits,
     check_folder_or_new,
-    describe,
     is_given,
+    read_held_out,
 )
 from gpt2_tf.dataset import DatasetError, list_files
 from gpt2_tf.documents import HELD_OUT_FILE
 from gpt2_tf.files import FolderLock, Held
 from gpt2_tf.hparams import HParams, load_hparams, missing_model, model_dir
+from gpt2_tf.tasks import TASKS, TaskError, read_task
 
 SHAPE_FLAGS = ("n_ctx", "n_embd", "n_head", "n_layer")
 
@@ -43,6 +44,7 @@ class Checked:
     base_dir: str
     start: "str | None"
     lock: "FolderLock | None"
+    tasks: list = dataclasses.field(default_factory=list)  # --eval_task: [(task, file, [tasks.Item])]
 
 
 def parse_memlimit(text):
@@ -66,6 +68,7 @@ def check_args(args):
     (n_ctx - 1).
     """
     check_flags_and_paths(args)
+    tasks = read_eval_tasks(args)
     run_dir = os.path.join(args.checkpoint_dir, args.run_name)
     resuming = args.restore_from == "latest" and os.path.exists(os.path.join(run_dir, "checkpoint"))
     from_base = args.restore_from == "fresh" or (args.restore_from == "latest" and not resuming)
@@ -97,24 +100,36 @@ def check_args(args):
             raise UsageError(f"run {args.run_name} ({run_dir}) is being trained by "
                              + (f"process {e.pid}" if e.pid else "another process")
                              + "; wait for it to end, or give another --run_name") from None
-    return Checked(hparams=hparams, base_dir=base, start=start, lock=lock)
+    return Checked(hparams=hparams, base_dir=base, start=start, lock=lock, tasks=tasks)
+
+
+def read_eval_tasks(args):
+    """--eval_task's TASK=FILE specifications, their files read (the first --eval_items items of each):
+    [(task, file, [tasks.Item])]."""
+    found = []
+    for spec in args.eval_task or []:
+        task, equals, path = spec.partition("=")
+        if task not in TASKS or not equals or not path:
+            raise UsageError(f"--eval_task {spec}: expected TASK=FILE with TASK one of {', '.join(TASKS)}, "
+                             "e.g. --eval_task hellaswag=hellaswag_val.jsonl")
+        try:
+            items = read_task(task, path)
+        except TaskError as e:
+            raise UsageError(f"--eval_task: {e}") from None
+        found.append((task, path, items[:args.eval_items or None]))
+    return found
 
 
 def check_no_split(args, run_dir):
     """A run that holds documents out (its held_out.json) resumes only with the same split: refuse to
     go on without --val_split, which would train on them."""
-    path = os.path.join(run_dir, HELD_OUT_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            split = json.load(f)
-        flags = f"--val_split {split['val_split']:g} --val_split_seed {split['val_split_seed']}"
-    except FileNotFoundError:
+    split = read_held_out(run_dir)
+    if split is None:
         return
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"cannot read {path}: {describe(e)}") from None
-    count = len(split.get("held_out", []))
-    raise UsageError(f"run {args.run_name} holds out {count} documents of its dataset ({path}); resume it "
-                     f"with {flags}, or give another --run_name")
+    flags = f"--val_split {split['val_split']:g} --val_split_seed {split['val_split_seed']}"
+    raise UsageError(f"run {args.run_name} holds out {len(split['held_out'])} documents of its dataset "
+                     f"({os.path.join(run_dir, HELD_OUT_FILE)}); resume it with {flags}, or give another "
+                     "--run_name")
 
 
 def check_flags_and_paths(args):

@@ -10,6 +10,7 @@
     Generating samples...                 every --sample_every steps, into samples/<run>/samples-<step>
     Calculating validation loss...        every --val_every steps (and before the first update)
     [100 | 250.10] validation loss = 3.10
+    [250 | 600.20] hellaswag acc = 28.92% acc_norm = 31.14% (10042 items)   every --eval_every steps
     Saving checkpoint/<run>/model-<step>  every --save_every steps, at --steps, and on Ctrl-C / SIGTERM
     interrupted
 
@@ -37,9 +38,9 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 from tqdm import tqdm
 
-from gpt2_tf import checkpoint, checkpoint_files
+from gpt2_tf import checkpoint, checkpoint_files, tasks
 from gpt2_tf.checkpoint_files import CheckpointMismatch
-from gpt2_tf.cli import Interrupted, UsageError, describe, text_format
+from gpt2_tf.cli import Interrupted, UsageError, describe, read_held_out, text_format
 from gpt2_tf.cli.train_checks import TrainingError, check_args, memory_warning, run_settings
 from gpt2_tf.dataset import DatasetError, Sampler, count_documents, default_jobs, list_files, load_dataset
 from gpt2_tf.devices import (
@@ -66,7 +67,7 @@ from gpt2_tf.run_checkpoints import (
     rng_state_to_json,
 )
 from gpt2_tf.sample import Generator, sample_sequence
-from gpt2_tf.score import load_documents, score_documents, totals
+from gpt2_tf.score import WindowScorer, load_documents, score_documents, totals
 from gpt2_tf.train_step import Evaluator, TrainStep, build_model, randomize, trained_variables
 
 CURES = "Lower --learning_rate, set --grad_clip, or check the data"  # for a loss that is not finite
@@ -234,6 +235,8 @@ class Run:
     evaluator: "Evaluator | None"
     val_batches: list  # sampled validation windows, or
     val_documents: "list | None"  # with --val_full, the whole validation data
+    tasks: list  # --eval_task: [(task, [tasks.Item], their tasks.requests)]
+    task_scorer: "WindowScorer | None"
     generator: Generator
     sample_failure: "str | None" = None  # what could not be written, once a sample file could not
     start_time: float = dataclasses.field(default_factory=time.time)
@@ -263,6 +266,8 @@ def run(args, checked=None):
         with StopRequest() as stop:
             if args.val_every > 0 and progress.step == 0:
                 validate(r)
+            if r.tasks and progress.step == 0:
+                evaluate_tasks(r)
             while not stop.requested and (end is None or progress.step < end):
                 try:
                     batch = next_batch(r)
@@ -287,6 +292,8 @@ def run(args, checked=None):
                     generate_samples(r)
                 if args.val_every > 0 and step % args.val_every == 0:
                     validate(r)
+                if r.tasks and step % args.eval_every == 0:
+                    evaluate_tasks(r)
                 if args.save_every and step % args.save_every == 0:
                     save(r)
             if stop.requested:
@@ -335,6 +342,8 @@ def set_up(args, checked):
     if val_documents is None:
         val_batches = validation_batches(args, val_chunks, hparams.n_ctx, hparams.n_vocab)
     evaluator = Evaluator(model, strategy, jit_compile=compile_mode == "xla") if val_batches else None
+    eval_tasks = task_requests(checked.tasks, enc, hparams.n_ctx)
+    task_scorer = WindowScorer(model, hparams.n_ctx, args.eval_batch_size) if eval_tasks else None
     checkpoints = RunCheckpoints(run_dir, max_to_keep=args.max_to_keep or None, keep_every_hours=2,
                                  aux_files={name: os.path.join(base_dir, name)
                                             for name in ("hparams.json", "encoder.json", "vocab.bpe")},
@@ -342,7 +351,8 @@ def set_up(args, checked):
     return Run(args=args, hparams=hparams, enc=enc, model=model, optimizer=optimizer, variables=variables,
                train_step=train_step, progress=progress, chief=chief, run_dir=run_dir,
                checkpoints=checkpoints, writer=Events(run_dir if chief else None), evaluator=evaluator,
-               val_batches=val_batches, val_documents=val_documents, generator=Generator(model),
+               val_batches=val_batches, val_documents=val_documents, tasks=eval_tasks,
+               task_scorer=task_scorer, generator=Generator(model),
                sample_dir=os.path.join(args.sample_dir, args.run_name))
 
 
@@ -436,16 +446,12 @@ def held_out_split(args, run_dir):
              "val_split_seed": args.val_split_seed, "documents": n,
              "held_out": held_out(n, args.val_split, args.val_split_seed), "text_format": fmt._asdict(),
              "encoding": args.encoding, "errors": args.errors, "bin_dtype": args.bin_dtype}
-    path = os.path.join(run_dir, HELD_OUT_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            recorded = json.load(f)
-    except FileNotFoundError:
+    recorded = read_held_out(run_dir)
+    if recorded is None:
         return split
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read {path}: {describe(e)}") from None
-    if [recorded.get(key) for key in ("documents", "held_out")] != [n, split["held_out"]]:
-        was = f"{len(recorded.get('held_out', []))} of {recorded.get('documents')}"
+    if [recorded["documents"], recorded["held_out"]] != [n, split["held_out"]]:
+        was = f"{len(recorded['held_out'])} of {recorded['documents']}"
+        path = os.path.join(run_dir, HELD_OUT_FILE)
         raise UsageError(f"run {args.run_name} held out other documents ({path}: {was}; now "
                          f"{len(split['held_out'])} of {n}): the dataset, --val_split or --val_split_seed "
                          "changed; resume with those of the run, or give another --run_name")
@@ -608,6 +614,38 @@ def validate(r):
     r.writer.scalar("val_accuracy", accuracy, step)
     r.writer.flush()
     say(f"[{step} | {r.elapsed():2.2f}] validation loss = {loss:2.2f}")
+
+
+def task_requests(specs, enc, n_ctx):
+    """--eval_task's items (specs: Checked.tasks) tokenized once: [(task, items, their tasks.requests)]."""
+    from gpt2_tf.fast_encoder import FastEncoder
+
+    fast = FastEncoder.build(enc)
+    encode = fast.encode if fast is not None else enc.encode
+    try:
+        return [(task, items, tasks.requests(items, encode, enc.eot_token, n_ctx))
+                for task, _, items in specs]
+    except tasks.TaskError as e:
+        raise UsageError(f"--eval_task: {e}") from None
+
+
+def evaluate_tasks(r):
+    """Each --eval_task, scored as score.py --task scores it, printed and written to TensorBoard as
+    TASK/acc, and TASK/acc_norm (HellaSwag) or TASK/ppl (LAMBADA)."""
+    step = r.progress.step
+    for task, items, found in r.tasks:
+        with tqdm(total=sum(count for _, count in found), unit="tok", desc=f"Evaluating {task}") as bar:
+            figures = tasks.summary(task, tasks.evaluate(r.task_scorer, task, items, found, bar.update))
+        shown = [f"acc = {100 * figures['acc']:.2f}%"]
+        if tasks.multiple_choice(task):
+            shown.append(f"acc_norm = {100 * figures['acc_norm']:.2f}%")
+        else:
+            shown.append(f"ppl = {figures['ppl']:.3f}")
+        for name in ("acc", "acc_norm", "ppl"):
+            if name in figures:
+                r.writer.scalar(f"{task}/{name}", figures[name], step)
+        say(f"[{step} | {r.elapsed():2.2f}] {task} {' '.join(shown)} ({len(items)} items)")
+    r.writer.flush()
 
 
 def load_validation_documents(enc, args, n_vocab, split=None):
