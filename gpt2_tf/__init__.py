@@ -16,8 +16,8 @@ __all__ = ["get_encoder", "HParams", "load_model", "checkpoint", "GPT2"]
 
 TENSORFLOW_FREE = ("attention_report", "bpe", "checkpoint_files", "cli", "cli.demo", "convert", "dataset",
                    "decoding", "documents", "download", "encoder", "fast_encoder", "figures", "files",
-                   "generate", "hparams", "lens_report", "litert_runtime", "model_files", "safetensors_file",
-                   "score_report", "token_files", "token_text")
+                   "generate", "hparams", "lens_report", "litert_runtime", "lora", "model_files",
+                   "safetensors_file", "score_report", "tasks", "token_files", "token_text")
 
 _LAZY = {"load_model": "gpt2_tf.checkpoint", "GPT2": "gpt2_tf.model", "checkpoint": None}
 

@@ -45,7 +45,7 @@ import tempfile
 
 import numpy as np
 
-from gpt2_tf import safetensors_file
+from gpt2_tf import lora, safetensors_file
 from gpt2_tf.checkpoint_files import latest_prefix, read_bundle
 from gpt2_tf.cli import describe
 from gpt2_tf.encoder import ENDOFTEXT, load_encoder_files
@@ -77,6 +77,7 @@ class ModelData:
     encoder: dict
     merges: list
     notes: list = dataclasses.field(default_factory=list)
+    adapter: "tuple | None" = None  # a LoRA run: (its factors {TF1 name: array}, lora.LoraConfig, base)
 
     @property
     def eot(self):
@@ -115,9 +116,12 @@ def read(path, fmt=None):
     return {"tf1": read_tf1, "hf": read_hf, "keras_hub": read_keras_hub}[fmt](path)
 
 
-def write(data, dst, fmt, progress=True, quantize="int8"):
+def write(data, dst, fmt, progress=True, quantize="int8", merge=False):
     """Write a ModelData as a new folder `dst` in one of FORMATS. `dst` must not exist, or be empty.
-    `quantize`: the weights of a LiteRT model, "int8" or "float32"."""
+    `quantize`: the weights of a LiteRT model, "int8" or "float32". A LoRA run's data (`adapter`) is
+    written as its merged model, except to "hf" without `merge`: the adapter alone, as peft writes it."""
+    if fmt == "hf" and data.adapter is not None and not merge:
+        return write_peft(data, dst)
     if fmt == "litert":
         return write_litert(data, dst, progress=progress, quantize=quantize)
     writers = {"tf1": write_tf1, "hf": write_hf, "keras_hub": write_keras_hub,
@@ -125,12 +129,12 @@ def write(data, dst, fmt, progress=True, quantize="int8"):
     writers[fmt](data, dst, progress=progress)
 
 
-def convert(src, dst, to=None, progress=True):
+def convert(src, dst, to=None, progress=True, merge=False):
     """Read `src` (any format) and write it to the new folder `dst` in format `to` (default tf1; from TF1
-    to TF1 makes a model folder of a run's checkpoint). Returns the ModelData, whose `notes` say what
-    was lossy."""
+    to TF1 makes a model folder of a run's checkpoint; `merge`: see `write`). Returns the ModelData,
+    whose `notes` say what was lossy."""
     data = read(src)
-    write(data, dst, to or "tf1", progress=progress)
+    write(data, dst, to or "tf1", progress=progress, merge=merge)
     return data
 
 
@@ -150,12 +154,21 @@ def read_tf1(path):
         raise ConvertError(f"{folder} has no {os.path.basename(e.filename)}: the vocabulary is "
                            f"needed") from None
     shapes = hparams.variable_shapes()
-    weights = read_bundle(prefix, shapes)
+    record = lora.read_record(os.path.dirname(prefix))
+    weights = read_bundle(record[0] if record else prefix, shapes)
     for name, array in weights.items():
         if list(array.shape) != shapes[name]:
             raise ConvertError(f"checkpoint {prefix}: {name} has shape {list(array.shape)}, hparams.json "
                                f"needs {shapes[name]}")
-    return checked(ModelData(hparams, weights, encoder, merges), path)
+    if record is None:
+        return checked(ModelData(hparams, weights, encoder, merges), path)
+    # A LoRA run: its base with the update merged, the factors kept for --to hf.
+    base, config = record
+    factors = read_bundle(prefix, [f"{layer}/lora_{f}" for layer in lora.layer_names(hparams, config.targets)
+                                   for f in "ab"])
+    data = ModelData(hparams, lora.merged(weights, factors, config), encoder, merges,
+                     adapter=(factors, config, base))
+    return checked(data, path)
 
 
 def write_tf1(data, dst, progress=True):
@@ -353,6 +366,16 @@ def bpe_from_tokenizer_json(tokenizer, folder):
         encoder.setdefault(token["content"], token["id"])
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
     return encoder, merges
+
+
+def write_peft(data, dst):
+    """A LoRA run's adapter as peft saves one (adapter_config.json, adapter_model.safetensors; see
+    lora.py), for peft.PeftModel.from_pretrained on the base model's Hugging Face folder."""
+    factors, config, base = data.adapter
+    settings, tensors = lora.to_peft(factors, config, base)
+    with new_folder(dst) as folder:
+        write_json(os.path.join(folder, "adapter_config.json"), settings)
+        safetensors_file.write(os.path.join(folder, "adapter_model.safetensors"), tensors, {"format": "pt"})
 
 
 def write_hf(data, dst, progress=True):

@@ -138,6 +138,8 @@ class Conv1D(keras.layers.Layer):
     Weights `w` [nx, nf] (normal, stddev w_init_stdev) and `b` [nf] (zeros). Checkpoints hold `w` with
     the original's shape [1, nx, nf] (see checkpoint.py); in memory the width-1 axis is left out, as
     XLA's decoding loop computed its reshape element by element, several times slower.
+
+    With `enable_lora`, w and b are frozen and the layer adds LoRA's low-rank update (see lora.py).
     """
 
     def __init__(self, nx, nf, w_init_stdev=0.02, **kwargs):
@@ -147,11 +149,31 @@ class Conv1D(keras.layers.Layer):
         self.w_init_stdev = w_init_stdev
         self.w = self.add_weight(name="w", shape=(nx, nf), initializer=normal(w_init_stdev))
         self.b = self.add_weight(name="b", shape=(nf,), initializer="zeros")
+        self.lora = None
 
-    def call(self, x):
+    def enable_lora(self, rank, alpha, dropout=0.0, seed=None):
+        """Freeze w and b, and add x -> dropout(x) lora_a lora_b * alpha / rank to the output: lora_a
+        [nx, rank] uniform in +-1/sqrt(nx) and lora_b [rank, nf] zeros, as peft initialises them, so
+        that the layer computes what it did until lora_b is trained."""
+        self.w.trainable = self.b.trainable = False
+        bound = 1 / math.sqrt(self.nx)
+        self._tracker.unlock()  # a built layer takes new weights only so (as Keras' own enable_lora)
+        self.lora = {
+            "a": self.add_weight(name="lora_a", shape=(self.nx, rank),
+                                 initializer=keras.initializers.RandomUniform(-bound, bound, seed=seed)),
+            "b": self.add_weight(name="lora_b", shape=(rank, self.nf), initializer="zeros"),
+            "scale": alpha / rank,
+            "dropout": keras.layers.Dropout(dropout, seed=seed) if dropout else None,
+        }
+        self._tracker.lock()
+
+    def call(self, x, training=None):
         *start, _ = shape_list(x)
         x = tf.reshape(x, [-1, self.nx])
         c = ops.conv1d(x, self.w, self.b) if KERNELS else tf.matmul(x, self.w) + self.b
+        if self.lora is not None:
+            dropped = self.lora["dropout"](x, training=training) if self.lora["dropout"] else x
+            c += tf.matmul(tf.matmul(dropped, self.lora["a"]), self.lora["b"]) * self.lora["scale"]
         return tf.reshape(c, start + [self.nf])
 
     def get_config(self):

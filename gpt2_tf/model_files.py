@@ -9,6 +9,7 @@ import os
 from gpt2_tf.checkpoint_files import CheckpointError, check_intact, latest_prefix
 from gpt2_tf.encoder import get_encoder
 from gpt2_tf.hparams import HParams, load_hparams, missing_model, model_dir
+from gpt2_tf.lora import read_record
 
 LITERT_FILE = "model.tflite"  # a LiteRT model folder's generation signatures (convert.py --to litert)
 LITERT_SCORE_FILE = "score.tflite"  # and its scoring signatures
@@ -28,6 +29,7 @@ class ModelFiles:
     hparams: HParams
     tokenizer: str
     name: str
+    lora: "tuple | None" = None  # a LoRA run: (base checkpoint, lora.LoraConfig); `weights` its factors
 
     @property
     def litert(self):
@@ -83,9 +85,13 @@ def find_model(model_name="124M", models_dir="models", run_name=None, checkpoint
         hparams = load_hparams(folder)
     except (OSError, ValueError) as e:
         raise ModelMissing(str(e)) from None
+    adapted = read_record(os.path.dirname(weights)) if run_name is not None else None
     if not weights.endswith(".tflite"):
         check_intact(weights)
-    return ModelFiles(weights=weights, hparams=hparams, tokenizer=tokenizer, name=run_name or model_name)
+    if adapted is not None:
+        check_intact(adapted[0])
+    return ModelFiles(weights=weights, hparams=hparams, tokenizer=tokenizer, name=run_name or model_name,
+                      lora=adapted)
 
 
 def _prefix(folder):
@@ -106,11 +112,15 @@ def existing_runs(checkpoint_dir):
 
 
 def load(files, dtype=None):
-    """(model, hparams, encoder) of ModelFiles `files`; `dtype` as GPT2's (e.g. "bfloat16"). Weights that
-    are not all finite are a CheckpointError."""
-    from gpt2_tf.checkpoint import load_model, nonfinite
+    """(model, hparams, encoder) of ModelFiles `files` (a LoRA run's: its base with the update merged);
+    `dtype` as GPT2's (e.g. "bfloat16"). Weights that are not all finite are a CheckpointError."""
+    from gpt2_tf.checkpoint import load_model, nonfinite, read
+    from gpt2_tf.lora import merge_into
 
-    model, hparams = load_model(files.weights, hparams=files.hparams, **({"dtype": dtype} if dtype else {}))
+    base = files.lora[0] if files.lora else files.weights
+    model, hparams = load_model(base, hparams=files.hparams, **({"dtype": dtype} if dtype else {}))
+    if files.lora:  # the base model with the run's LoRA update merged into its weights
+        merge_into(model, read(files.weights), files.lora[1])
     damaged = nonfinite(model)
     if damaged:
         raise CheckpointError(f"{files.weights} is damaged: {damaged}; use an earlier checkpoint")

@@ -31,7 +31,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from gpt2_tf import checkpoint, checkpoint_files
+from gpt2_tf import checkpoint, checkpoint_files, lora
 from gpt2_tf.checkpoint_files import TRAIN_SUFFIX, read_train_state
 from gpt2_tf.files import atomic_write
 from gpt2_tf.optim import describe_state, load_optimizer_state, optimizer_state, state_mismatch
@@ -164,8 +164,9 @@ class RunCheckpoints:
         self.aux_files = aux_files or {}
         self.new_count = new_count
 
-    def save(self, step, model, optimizer, state):
-        """Write model-<step> with its training state; returns the prefix.
+    def save(self, step, model, optimizer, state, adapter=None):
+        """Write model-<step> with its training state; returns the prefix. With `adapter` (a LoRA run's
+        factors, {TF1 name: variable}), the checkpoint holds them alone.
 
         `state` is a JSON-friendly dict (step, random states, ...) stored as model-<step>.train/state.json.
         When any write fails (a full disk), the files of model-<step> written so far are removed and the
@@ -173,7 +174,9 @@ class RunCheckpoints:
         """
         name = f"model-{step}"
         prefix = os.path.join(self.folder, name)
-        weights = checkpoint.weight_tensors(model, prefix)  # refused before an older model-<step> is removed
+        # Refused (not finite) before an older model-<step> is removed.
+        weights = (lora.adapter_arrays(adapter, prefix) if adapter is not None
+                   else checkpoint.weight_tensors(model, prefix))
         os.makedirs(self.folder, exist_ok=True)
         # A checkpoint of the same name from an earlier count is about to be replaced: unlist it and
         # delete it first, so that no reader can see a mix of its files and the new ones.

@@ -21,15 +21,16 @@ from gpt2_tf.model import shape_list
 TOP = 5  # top tokens kept per position with details
 
 
-def next_token_scores(model, inputs, targets, details=False):
-    """How well the model predicts targets[:, i] as the token after inputs[:, :i + 1].
+def next_token_scores(model, inputs, targets, details=False, training=False):
+    """How well the model predicts targets[:, i] as the token after inputs[:, :i + 1] (`training`: the
+    model as trained, its dropout on: LoRA's, lora.py).
 
     inputs, targets: [b, T] int32. Returns {"loss": -log p [b, T] float32, "correct": [b, T] bool,
     whether the target has the largest logit (ties count)}; with details also "rank" [b, T] int32
     (1 + the number of tokens with a larger logit), "entropy" [b, T] (nats), "top_ids" [b, T, k] and
     "top_probs" [b, T, k]. Unused outputs cost nothing in a compiled function.
     """
-    logits = model(inputs)["logits"]
+    logits = model(inputs, training=training)["logits"]
     batch, length, n_vocab = shape_list(logits)
     flat, labels = tf.reshape(logits, [-1, n_vocab]), tf.reshape(targets, [-1])
     picked = tf.gather(flat, labels, batch_dims=1)
@@ -44,7 +45,7 @@ def next_token_scores(model, inputs, targets, details=False):
     return {name: tf.reshape(value, [batch, length, *value.shape[1:]]) for name, value in out.items()}
 
 
-def window_scores(model, inputs, labels):
+def window_scores(model, inputs, labels, training=False):
     """next_token_scores of predicting labels[:, 1:] from inputs[:, :-1]: each [b, T - 1].
 
     inputs, labels: [b, T] int32 (inputs are the possibly noised labels). Position i's target is
@@ -54,14 +55,15 @@ def window_scores(model, inputs, labels):
     would copy them, and their gradient too.
     """
     targets = tf.roll(labels, shift=-1, axis=1)  # [labels[:, 1:], labels[:, :1]]
-    return {name: value[:, :-1] for name, value in next_token_scores(model, inputs, targets).items()}
+    scores = next_token_scores(model, inputs, targets, training=training)
+    return {name: value[:, :-1] for name, value in scores.items()}
 
 
-def loss_sum(model, inputs, labels):
+def loss_sum(model, inputs, labels, training=False):
     """Sum of the cross-entropies of predicting labels[:, 1:] from inputs[:, :-1] ([b, T] int32): a
     float32 scalar; divided by b * (T - 1) it is the original's loss (a mean over every position of
-    every row)."""
-    return tf.reduce_sum(window_scores(model, inputs, labels)["loss"])
+    every row). training: see next_token_scores."""
+    return tf.reduce_sum(window_scores(model, inputs, labels, training)["loss"])
 
 
 def rank(logits, ids):

@@ -162,7 +162,7 @@ class TrainStep:
         """
         # The gradient is taken inside the scope: memory saving recomputes the blocks there.
         with self._reading_copies(), tf.GradientTape() as tape:
-            total = loss_sum(self.model, inputs, labels)
+            total = loss_sum(self.model, inputs, labels, training=True)
             scaled = total / self.predictions
             if self.loss_scaling:
                 scaled = self.optimizer.scale_loss(scaled)

@@ -66,6 +66,7 @@ class Page(html.parser.HTMLParser):
         self._in_data = False
 
 
+@pytest.mark.slow
 def test_attention_script_writes_tables_and_files_with_chinese_text(tiny, tiny_model, tmp_path):
     model, hparams, _ = tiny
     models_dir, name, _ = tiny_model

@@ -106,6 +106,7 @@ def test_clipping_and_float16_skips_see_the_sum_over_replicas(tiny_model):
     assert clean["moved"] > 0
 
 
+@pytest.mark.slow
 def test_several_replicas_skip_a_nonfinite_update_as_one_device_does(tiny_model):
     result = replicas(tiny_model, """
         RESULT = {"two": updates(two, optimizer="adam", learning_rate=1e-3, plant=True)}

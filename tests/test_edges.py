@@ -222,6 +222,7 @@ def test_a_full_disk_during_training_costs_nothing_saved(tmp_path, tiny_model, f
     assert [name for _, _, names in os.walk(samples) for name in names] == ["filler"]  # not half a sample
 
 
+@pytest.mark.slow
 def test_output_to_a_full_disk_is_one_line_and_no_partial_file(tmp_path, tiny_model, full_disk):
     models_dir, name, _ = tiny_model
     corpus = tmp_path / "corpus.txt"

@@ -116,6 +116,7 @@ class Page(html.parser.HTMLParser):
         self.titles += [value for name, value in attrs if name == "title"]
 
 
+@pytest.mark.slow
 def test_lens_script_writes_the_tables_and_files(loaded, tiny_model, tmp_path):
     model, hparams, _ = loaded
     models_dir, name, _ = tiny_model
@@ -157,6 +158,7 @@ def test_lens_script_writes_the_tables_and_files(loaded, tiny_model, tmp_path):
     assert matplotlib.image.imread(files["png"]).shape[0] > 100
 
 
+@pytest.mark.slow
 def test_lens_script_shows_split_characters_as_text(tiny_model, tmp_path):
     """Chinese, an emoji and a combining mark: every view shows characters, or a token's bytes beside
     the character it is part of, never U+FFFD; --prefix eot starts with the document token."""

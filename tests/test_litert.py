@@ -224,6 +224,7 @@ def test_convert_py_quantize_is_for_litert_only(tiny_model, tmp_path):
     assert_refused(result, "convert.py", str(tmp_path), {}, "--quantize is for --to litert")
 
 
+@pytest.mark.slow
 def test_log_probabilities_equal_score_py(tiny_model, tiny_litert, tiny_tf):
     """The `score` signatures are score.py's next_token_scores: float32 LiteRT gives score.py's
     log-probability of every token (atol 1e-4), its rank and the most likely tokens, and score.py

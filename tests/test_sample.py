@@ -373,6 +373,7 @@ def test_ragged_batch_greedy_equals_each_prompt_alone_and_numpy(tiny, jit_compil
         np.testing.assert_array_equal(row, numpy_greedy(weights, hparams, np.array([prompt]), 15)[0])
 
 
+@pytest.mark.slow
 def test_a_rows_samples_do_not_depend_on_its_batch(tiny, tiny_model):
     """Row keys come from the seed, the prompt's number and the sample's number: any batch size and
     any neighbours give each sample the same tokens."""

@@ -199,6 +199,7 @@ def test_model_n_holds_n_updates_and_fresh_restarts_the_count(tmp_path, tiny_mod
     assert (run_dir / "model-2.index").exists()
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path, tiny_model, data, capsys):
     """10 + 10 steps with a restart in between give the weights and losses of 20 steps in one go."""
     common = ["--optimizer", "adam", "--learning_rate", "0.001", "--noise", "0.2", "--seed", "3"]

@@ -18,6 +18,9 @@ from gpt2_tf.cli import (
 )
 
 COUNT = integer(0)
+# --lora_targets: the names of the flag, the layers of lora.TARGETS.
+LORA_TARGETS = {"c_attn": "attn/c_attn", "c_proj": "attn/c_proj", "c_fc": "mlp/c_fc",
+                "mlp/c_proj": "mlp/c_proj"}
 POSITIVE = integer(1)
 
 
@@ -66,6 +69,14 @@ def add_update_flags(p):
         help="accepted for compatibility (bytes, or with K/M/G suffix); recomputation is per block")
     add("--only_train_transformer_layers", action="store_true",
         help="train only the transformer blocks (not wte, wpe, ln_f)")
+    add("--lora_rank", metavar="R", type=COUNT, default=0,
+        help="LoRA: freeze the model and train rank-R factors beside --lora_targets (0: train the weights)")
+    add("--lora_alpha", metavar="ALPHA", type=number(above=0), default=None,
+        help="LoRA's update is scaled by ALPHA / R (default ALPHA = R)")
+    add("--lora_dropout", metavar="P", type=number(low=0, below=1), default=0.0,
+        help="dropout on the input of LoRA's factors while training")
+    add("--lora_targets", nargs="+", choices=list(LORA_TARGETS), default=["c_attn"],
+        help="the layers of each block that get LoRA factors")
     add("--optimizer", default=default("adam"), choices=["adam", "sgd", "adafactor", "adamw"],
         help="adafactor and sgd need less memory than adam; adamw (with --weight_decay) is for "
              "training from scratch (a resumed run keeps its own optimizer and schedule, unless given)")

@@ -45,6 +45,7 @@ class Checked:
     start: "str | None"
     lock: "FolderLock | None"
     tasks: list = dataclasses.field(default_factory=list)  # --eval_task: [(task, file, [tasks.Item])]
+    lora: "tuple | None" = None  # --lora_rank: (base checkpoint prefix, lora.LoraConfig)
 
 
 def parse_memlimit(text):
@@ -85,6 +86,7 @@ def check_args(args):
         raise UsageError(f"--val_split: run {args.run_name} has trained on all of its data, so nothing can "
                          "be held out of it now; start another --run_name with --val_split")
     start = start_checkpoint(args, run_dir, base, resuming)
+    lora = lora_settings(args, run_dir, start, resuming)
     saved = read_train_state(start) if start is not None and args.restore_from != "fresh" else None
     hparams = run_hparams(args, base, start, saved is not None or resuming)
     if saved is not None:
@@ -100,7 +102,44 @@ def check_args(args):
             raise UsageError(f"run {args.run_name} ({run_dir}) is being trained by "
                              + (f"process {e.pid}" if e.pid else "another process")
                              + "; wait for it to end, or give another --run_name") from None
-    return Checked(hparams=hparams, base_dir=base, start=start, lock=lock, tasks=tasks)
+    return Checked(hparams=hparams, base_dir=base, start=start, lock=lock, tasks=tasks, lora=lora)
+
+
+def lora_settings(args, run_dir, start, resuming):
+    """(base checkpoint, LoraConfig) of a LoRA run, None for a run of all weights. A run keeps what it
+    is: a LoRA run resumes with its own rank, alpha, dropout and targets and its own base (lora.json;
+    --lora_* flags that differ are refused), and neither kind becomes the other."""
+    from gpt2_tf.cli.train import LORA_TARGETS
+    from gpt2_tf.lora import LoraConfig, read_record
+
+    recorded = read_record(run_dir)
+    wanted = None
+    if args.lora_rank:
+        if args.init == "scratch" or start is None:
+            raise UsageError("--lora_rank fine-tunes a trained model; a new model (--init scratch) trains "
+                             "all of its weights")
+        if args.only_train_transformer_layers:
+            raise UsageError("--lora_rank trains only the LoRA factors; leave out "
+                             "--only_train_transformer_layers")
+        if args.lora_dropout and (args.memory_saving_gradients or args.twremat):
+            raise UsageError("--lora_dropout with --memory_saving_gradients: the recomputed blocks would "
+                             "draw other dropout masks than the forward pass; leave one out")
+        wanted = LoraConfig(args.lora_rank, args.lora_alpha or float(args.lora_rank), args.lora_dropout,
+                            tuple(LORA_TARGETS[t] for t in dict.fromkeys(args.lora_targets)))
+    if recorded is not None and (resuming or args.restore_from == "fresh"):
+        base, config = recorded
+        if wanted is not None and wanted != config:
+            raise UsageError(f"run {args.run_name} is a LoRA run of rank {config.rank}, alpha "
+                             f"{config.alpha:g}, dropout {config.dropout:g} on {', '.join(config.targets)} "
+                             f"({run_dir}/lora.json); resume it with those, or give another --run_name")
+        return base, config
+    if resuming and wanted is not None:
+        raise UsageError(f"run {args.run_name} trains all of the model's weights; a LoRA run needs a "
+                         "--run_name of its own")
+    if wanted is not None and read_record(os.path.dirname(start)) is not None:
+        raise UsageError(f"--restore_from {args.restore_from}: {start} is a LoRA adapter; LoRA adapts a "
+                         "whole model (its base, or a model merged with convert.py)")
+    return None if wanted is None else (start, wanted)
 
 
 def read_eval_tasks(args):
@@ -275,12 +314,17 @@ def memory_warning(hparams, args, available=None, xla=False):
     """
     if available is None:
         return None
-    params = hparams.n_params()
-    parts = {"weights": 4 * params, "optimizer state": OPTIMIZER_STATE_BYTES[args.optimizer] * params}
+    params = trained = hparams.n_params()
+    if args.lora_rank:  # only LoRA's factors have gradients, optimizer state and copies
+        from gpt2_tf.cli.train import LORA_TARGETS
+        from gpt2_tf.lora import factor_count
+
+        trained = factor_count(hparams, args.lora_rank, [LORA_TARGETS[t] for t in args.lora_targets])
+    parts = {"weights": 4 * params, "optimizer state": OPTIMIZER_STATE_BYTES[args.optimizer] * trained}
     if args.mixed_precision:
-        parts["half-precision copies"] = 2 * params
+        parts["half-precision copies"] = 2 * trained
     if xla or not (args.memory_saving_gradients or args.twremat):
-        parts["gradients"] = 4 * params
+        parts["gradients"] = 4 * trained
     needed = sum(parts.values())
     if needed < 0.9 * available:
         return None

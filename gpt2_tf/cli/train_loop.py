@@ -38,7 +38,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 from tqdm import tqdm
 
-from gpt2_tf import checkpoint, checkpoint_files, tasks
+from gpt2_tf import checkpoint, checkpoint_files, lora, tasks
 from gpt2_tf.checkpoint_files import CheckpointMismatch
 from gpt2_tf.cli import Interrupted, UsageError, describe, read_held_out, text_format
 from gpt2_tf.cli.train_checks import TrainingError, check_args, memory_warning, run_settings
@@ -237,6 +237,7 @@ class Run:
     val_documents: "list | None"  # with --val_full, the whole validation data
     tasks: list  # --eval_task: [(task, [tasks.Item], their tasks.requests)]
     task_scorer: "WindowScorer | None"
+    lora: "tuple | None"  # a LoRA run: (base checkpoint, lora.LoraConfig); `variables` are its factors
     generator: Generator
     sample_failure: "str | None" = None  # what could not be written, once a sample file could not
     start_time: float = dataclasses.field(default_factory=time.time)
@@ -321,12 +322,19 @@ def set_up(args, checked):
     with strategy.scope():
         model = build_model(hparams, args.mixed_precision, memory_saving=memory_saving,
                             residual_scaling=args.init == "scratch")
-        variables = trained_variables(model, args.only_train_transformer_layers)
+        if checked.lora:  # the base model frozen, LoRA's factors trained
+            variables = lora.enable_lora(model, checked.lora[1], seed=args.seed)
+        else:
+            variables = trained_variables(model, args.only_train_transformer_layers)
         optimizer = build_optimizer(args, variables)
     chief = is_chief(strategy)
     if split and chief:
         record_split(split, run_dir)
-    if start is not None:
+    if checked.lora:
+        restore_weights(model, checked.lora[0])
+        if os.path.abspath(os.path.dirname(start)) == os.path.abspath(run_dir):  # resumed: its factors
+            restore_adapter(variables, start)
+    elif start is not None:
         restore_weights(model, start)
     elif chief:
         os.makedirs(run_dir, exist_ok=True)
@@ -352,7 +360,7 @@ def set_up(args, checked):
                train_step=train_step, progress=progress, chief=chief, run_dir=run_dir,
                checkpoints=checkpoints, writer=Events(run_dir if chief else None), evaluator=evaluator,
                val_batches=val_batches, val_documents=val_documents, tasks=eval_tasks,
-               task_scorer=task_scorer, generator=Generator(model),
+               task_scorer=task_scorer, lora=checked.lora, generator=Generator(model),
                sample_dir=os.path.join(args.sample_dir, args.run_name))
 
 
@@ -478,6 +486,15 @@ def build_optimizer(args, variables):
     return optimizer
 
 
+def restore_adapter(variables, start):
+    """Load a LoRA run's checkpoint (its factors alone) into the factors {TF1 name: variable}."""
+    stored = checkpoint.read(start)
+    if set(stored) != set(variables) or any(stored[n].shape != tuple(v.shape) for n, v in variables.items()):
+        raise UsageError(f"checkpoint {start} does not hold the LoRA factors of this run's lora.json")
+    for name, variable in variables.items():
+        variable.assign(stored[name])
+
+
 def restore_weights(model, start):
     """Load the checkpoint to start from; one of another shape is bad usage (UsageError)."""
     try:
@@ -548,7 +565,9 @@ def save(r):
         state = {**r.progress.state(), "optimizer": r.args.optimizer, "seed": r.args.seed,
                  "trained_variables": list(r.variables), "settings": run_settings(r.args)}
         try:
-            r.checkpoints.save(step, r.model, r.optimizer, state)
+            if r.lora:
+                lora.write_record(r.run_dir, *r.lora)
+            r.checkpoints.save(step, r.model, r.optimizer, state, adapter=r.variables if r.lora else None)
         except (OSError, tf.errors.OpError) as e:
             newest = checkpoint_files.read_state_file(r.run_dir)
             kept = (f"its newest checkpoint is still {os.path.join(r.run_dir, newest[-1])}" if newest
