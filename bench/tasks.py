@@ -35,7 +35,7 @@ quiet_tensorflow("--verbose" in sys.argv)
 import numpy as np  # noqa: E402
 
 from gpt2_tf import tasks  # noqa: E402
-from gpt2_tf.fast_encoder import FastEncoder  # noqa: E402
+from gpt2_tf.fast_encoder import fastest_encode  # noqa: E402
 from gpt2_tf.model_files import find_model, load  # noqa: E402
 from gpt2_tf.score import WindowScorer  # noqa: E402
 
@@ -121,8 +121,7 @@ def main():
         items = tasks.read_task("hellaswag", file)
         files = find_model("124M", models)
         enc = files.encoder()
-        fast = FastEncoder.build(enc)
-        found = tasks.requests(items, fast.encode if fast else enc.encode, enc.eot_token, 1024)
+        found = tasks.requests(items, fastest_encode(enc), enc.eot_token, 1024)
         length = statistics.mean(len(sequence) for sequence, _ in found)
         rows = {}
         for dtype in ("float32", "bfloat16"):

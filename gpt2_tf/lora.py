@@ -84,12 +84,9 @@ def adapter_arrays(variables, prefix):
 def merge_into(model, adapter, config):
     """Add an adapter ({TF1 name: array}) to a GPT2's weights in place: each targeted w += alpha / r
     lora_a lora_b. Returns the model."""
-    targeted = layers(model, config.targets)
-    for name, layer in targeted.items():
-        w = layer.w
-        delta = np.asarray(adapter[f"{name}/lora_a"], np.float64) @ np.asarray(adapter[f"{name}/lora_b"],
-                                                                             np.float64)
-        w.assign((np.asarray(w, np.float64) + config.scale * delta).astype(np.float32))
+    for name, layer in layers(model, config.targets).items():
+        layer.w.assign(updated(np.asarray(layer.w), adapter[f"{name}/lora_a"], adapter[f"{name}/lora_b"],
+                               config.scale))
     return model
 
 
@@ -133,14 +130,18 @@ def merged(weights, adapter, config):
     ([1, nx, nf] as in checkpoints, or [nx, nf]); computed in float64, stored in the weight's type."""
     out = dict(weights)
     for name in adapter:
-        if not name.endswith("/lora_a"):
-            continue
-        layer = name[:-len("/lora_a")]
-        w = weights[f"{layer}/w"]
-        delta = np.asarray(adapter[name], np.float64) @ np.asarray(adapter[f"{layer}/lora_b"], np.float64)
-        update = config.scale * delta.reshape(w.shape)
-        out[f"{layer}/w"] = (np.asarray(w, np.float64) + update).astype(w.dtype)
+        if name.endswith("/lora_a"):
+            layer = name[:-len("/lora_a")]
+            out[f"{layer}/w"] = updated(weights[f"{layer}/w"], adapter[name], adapter[f"{layer}/lora_b"],
+                                        config.scale)
     return out
+
+
+def updated(w, lora_a, lora_b, scale):
+    """w + scale lora_a lora_b for w [nx, nf] (or [1, nx, nf]), lora_a [nx, r], lora_b [r, nf]: computed
+    in float64, returned in w's shape and type."""
+    delta = np.asarray(lora_a, np.float64) @ np.asarray(lora_b, np.float64)
+    return (np.asarray(w, np.float64) + scale * delta.reshape(w.shape)).astype(w.dtype)
 
 
 def peft_name(name):

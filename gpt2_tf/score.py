@@ -303,12 +303,11 @@ def load_documents(enc, files, text_format=None, encoding="utf-8", errors="stric
     from gpt2_tf.dataset import read_text
     from gpt2_tf.documents import TextFormat, documents, form
     from gpt2_tf.encoder import encode_with_eot
-    from gpt2_tf.fast_encoder import FastEncoder
+    from gpt2_tf.fast_encoder import fastest_encode
     from gpt2_tf.token_files import check_ids, is_token_file, read_tokens
 
     text_format = text_format or TextFormat()
-    fast = FastEncoder.build(enc)
-    encode = fast.encode if fast is not None else enc.encode
+    encode = fastest_encode(enc)
 
     def tokenize(text):
         return encode_with_eot(encode, text, enc.eot_token)

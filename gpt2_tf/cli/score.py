@@ -158,14 +158,13 @@ def read_split(args):
 def run_task(args, items, model, context, enc, out):
     """score.py --task: every item of the files of `items` ({file: [tasks.Item]}) scored together, the
     table printed to `out` and --json written. Returns the figures of all items."""
-    from gpt2_tf.fast_encoder import FastEncoder
+    from gpt2_tf.fast_encoder import fastest_encode
     from gpt2_tf.score import WindowScorer
     from gpt2_tf.tasks import evaluate, requests, summary
 
-    fast = FastEncoder.build(enc)
     everything = [item for file_items in items.values() for item in file_items]
     try:
-        found = requests(everything, fast.encode if fast is not None else enc.encode, enc.eot_token, context)
+        found = requests(everything, fastest_encode(enc), enc.eot_token, context)
     except TaskError as e:
         raise UsageError(str(e)) from None
     scorer = WindowScorer(model, context, args.batch_size)

@@ -637,10 +637,9 @@ def validate(r):
 
 def task_requests(specs, enc, n_ctx):
     """--eval_task's items (specs: Checked.tasks) tokenized once: [(task, items, their tasks.requests)]."""
-    from gpt2_tf.fast_encoder import FastEncoder
+    from gpt2_tf.fast_encoder import fastest_encode
 
-    fast = FastEncoder.build(enc)
-    encode = fast.encode if fast is not None else enc.encode
+    encode = fastest_encode(enc)
     try:
         return [(task, items, tasks.requests(items, encode, enc.eot_token, n_ctx))
                 for task, _, items in specs]
