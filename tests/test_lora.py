@@ -183,6 +183,44 @@ def test_a_lora_run_saves_its_factors_alone_resumes_exactly_and_loads_merged(tin
         np.testing.assert_allclose(tuned(torch.tensor(TOKENS)).logits.numpy(), expected, atol=2e-4)
 
 
+@pytest.mark.slow
+def test_the_saved_model_and_litert_exports_of_a_lora_run_are_its_merged_model(lora_model, tiny_model,
+                                                                              tmp_path):
+    import shutil
+
+    import tensorflow as tf
+
+    from gpt2_tf import convert
+    from gpt2_tf.checkpoint import save_tensors
+    from gpt2_tf.litert_runtime import LiteRTScorer
+    from gpt2_tf.lora import write_record
+
+    weights, _, config, adapter = lora_model
+    models_dir, name, _ = tiny_model
+    run_dir = tmp_path / "ckpt" / "tuned"  # a LoRA run, as train.py leaves one: its factors alone
+    run_dir.mkdir(parents=True)
+    for file in ("hparams.json", "encoder.json", "vocab.bpe"):
+        shutil.copy(f"{models_dir}/{name}/{file}", run_dir)
+    save_tensors(adapter, str(run_dir / "model-1"))
+    write_record(str(run_dir), f"{models_dir}/{name}/model.ckpt", config)
+    tokens = np.concatenate([np.full([len(TOKENS), 1], 50256), TOKENS], axis=1)  # after <|endoftext|>
+    logits = forward(merged(weights, adapter, config), TINY_HPARAMS, tokens)[0]
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    expected = np.take_along_axis(log_p[:, :-1], tokens[:, 1:, None], axis=-1)[..., 0]  # [B, T]
+
+    convert.convert(str(run_dir), str(tmp_path / "served"), to="saved_model", progress=False)
+    score = tf.saved_model.load(str(tmp_path / "served" / "1")).signatures["score"]
+    found = score(input_ids=tf.constant(TOKENS, tf.int32), lengths=tf.constant([TOKENS.shape[1]] * 2))
+    np.testing.assert_allclose(found["log_probs"].numpy(), expected, atol=1e-4)
+
+    convert.write(convert.read(str(run_dir)), str(tmp_path / "litert"), "litert", progress=False,
+                  quantize="float32")
+    scorer = LiteRTScorer(str(tmp_path / "litert" / "score.tflite"))
+    found = scorer(tokens[:, :-1].astype(np.int32), tokens[:, 1:].astype(np.int32))
+    np.testing.assert_allclose(-found["loss"], expected, atol=1e-4)
+
+
 @pytest.mark.parametrize("script, flags, message", [
     ("train.py", ["--lora_rank", "2", "--init", "scratch"], "--lora_rank fine-tunes a trained model"),
     ("train.py", ["--lora_rank", "2", "--only_train_transformer_layers"], "leave out --only_train"),
@@ -204,16 +242,37 @@ def test_lora_flags_that_cannot_work_are_refused_in_one_line(tiny_model, tmp_pat
     assert_refused(run_tool(script, *argv), script, tmp_path, before, message)
 
 
+def test_a_lora_run_with_dropout_is_not_resumed_with_memory_saving(tiny_model, tmp_path):
+    import shutil
+
+    import train as train_script
+    from gpt2_tf.cli import UsageError
+    from gpt2_tf.cli.train_checks import check_args
+    from gpt2_tf.lora import write_record
+
+    models_dir, name, _ = tiny_model
+    run_dir = tmp_path / "ckpt" / "tuned"  # a LoRA run with dropout, as lora.json records it
+    shutil.copytree(f"{models_dir}/{name}", run_dir)
+    write_record(str(run_dir), f"{models_dir}/{name}/model.ckpt", LoraConfig(2, 2.0, dropout=0.1))
+    (tmp_path / "train.txt").write_text("Some text. " * 50, encoding="utf-8")
+    argv = ["--dataset", str(tmp_path / "train.txt"), "--models_dir", models_dir, "--model_name", name,
+            "--checkpoint_dir", str(tmp_path / "ckpt"), "--run_name", "tuned", "--memory_saving_gradients"]
+    with pytest.raises(UsageError, match="has LoRA dropout 0.1, and with --memory_saving"):
+        check_args(train_script.parse_args(argv))  # no --lora_* flag: the run's own settings
+
+
 def test_the_memory_estimate_counts_the_factors_alone():
     import train as train_script
     from gpt2_tf.cli.train_checks import memory_warning
     from gpt2_tf.hparams import released
-    from gpt2_tf.lora import factor_count
+    from gpt2_tf.lora import LoraConfig, factor_count
 
     gib = 1 << 30
     hp = released("1558M")
     assert factor_count(hp, 16, ["attn/c_attn"]) == 48 * 16 * (1600 + 4800)  # 4.9 M numbers
     args = train_script.parse_args(["--dataset", "x", "--model_name", "1558M", "--lora_rank", "16"])
-    assert memory_warning(hp, args, available=24 * gib) is None  # Adam on all weights needs 23.2 GiB
-    warning = memory_warning(hp, args, available=6 * gib)
+    lora = LoraConfig(16, 16.0)
+    assert "gradients 5.8" in memory_warning(hp, args, available=24 * gib)  # Adam on all weights: 23.2 GiB
+    assert memory_warning(hp, args, available=24 * gib, lora=lora) is None
+    warning = memory_warning(hp, args, available=6 * gib, lora=lora)
     assert "weights 5.8" in warning and "optimizer state 0.0" in warning and "gradients 0.0" in warning

@@ -108,7 +108,17 @@ def check_args(args):
 def lora_settings(args, run_dir, start, resuming):
     """(base checkpoint, LoraConfig) of a LoRA run, None for a run of all weights. A run keeps what it
     is: a LoRA run resumes with its own rank, alpha, dropout and targets and its own base (lora.json;
-    --lora_* flags that differ are refused), and neither kind becomes the other."""
+    --lora_* flags that differ are refused), and neither kind becomes the other. LoRA's dropout does
+    not go with --memory_saving_gradients."""
+    lora = _lora_settings(args, run_dir, start, resuming)
+    if lora is not None and lora[1].dropout and (args.memory_saving_gradients or args.twremat):
+        raise UsageError(f"run {args.run_name} has LoRA dropout {lora[1].dropout:g}, and with "
+                         "--memory_saving_gradients the recomputed blocks would draw other dropout masks "
+                         "than the forward pass; leave one out")
+    return lora
+
+
+def _lora_settings(args, run_dir, start, resuming):
     from gpt2_tf.cli.train import LORA_TARGETS
     from gpt2_tf.lora import LoraConfig, read_record
 
@@ -121,9 +131,6 @@ def lora_settings(args, run_dir, start, resuming):
         if args.only_train_transformer_layers:
             raise UsageError("--lora_rank trains only the LoRA factors; leave out "
                              "--only_train_transformer_layers")
-        if args.lora_dropout and (args.memory_saving_gradients or args.twremat):
-            raise UsageError("--lora_dropout with --memory_saving_gradients: the recomputed blocks would "
-                             "draw other dropout masks than the forward pass; leave one out")
         wanted = LoraConfig(args.lora_rank, args.lora_alpha or float(args.lora_rank), args.lora_dropout,
                             tuple(LORA_TARGETS[t] for t in dict.fromkeys(args.lora_targets)))
     if recorded is not None and (resuming or args.restore_from == "fresh"):
@@ -301,7 +308,7 @@ def writes_the_run(args):
 OPTIMIZER_STATE_BYTES = {"adam": 8, "adamw": 8, "sgd": 0, "adafactor": 0}
 
 
-def memory_warning(hparams, args, available=None, xla=False):
+def memory_warning(hparams, args, available=None, xla=False, lora=None):
     """A warning (or None) when the run is unlikely to fit in the memory available.
 
     The estimate counts only what each replica certainly holds: the float32 weights, the optimizer's
@@ -310,16 +317,15 @@ def memory_warning(hparams, args, available=None, xla=False):
     under XLA (`xla`, the GPU and TPU default) one compiled computation returns them all. Activations
     come on top, so a run near the limit is warned about too. `available`: bytes of one replica's
     device (devices.device_memory: the GPU's, else the host's); None, where it is not known, warns of
-    nothing.
+    nothing. `lora`: a LoRA run's lora.LoraConfig, whose factors alone are trained.
     """
     if available is None:
         return None
     params = trained = hparams.n_params()
-    if args.lora_rank:  # only LoRA's factors have gradients, optimizer state and copies
-        from gpt2_tf.cli.train import LORA_TARGETS
+    if lora is not None:  # only LoRA's factors have gradients, optimizer state and copies
         from gpt2_tf.lora import factor_count
 
-        trained = factor_count(hparams, args.lora_rank, [LORA_TARGETS[t] for t in args.lora_targets])
+        trained = factor_count(hparams, lora.rank, lora.targets)
     parts = {"weights": 4 * params, "optimizer state": OPTIMIZER_STATE_BYTES[args.optimizer] * trained}
     if args.mixed_precision:
         parts["half-precision copies"] = 2 * trained

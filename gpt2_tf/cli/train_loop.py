@@ -311,7 +311,7 @@ def set_up(args, checked):
     """The Run, ready for its first step: the devices, the tokenizer, the data, the model from where
     it starts, the optimizer and the compiled update."""
     hparams, base_dir, start = checked.hparams, checked.base_dir, checked.start
-    strategy, compile_mode = choose_devices(args, hparams)
+    strategy, compile_mode = choose_devices(args, hparams, checked.lora[1] if checked.lora else None)
     enc = load_encoder(base_dir, hparams)
     run_dir = os.path.join(args.checkpoint_dir, args.run_name)
     memory_saving = args.memory_saving_gradients or args.twremat
@@ -364,13 +364,14 @@ def set_up(args, checked):
                sample_dir=os.path.join(args.sample_dir, args.run_name))
 
 
-def choose_devices(args, hparams):
-    """(strategy, compile mode) of the run, said on stderr with what the run will likely not fit."""
+def choose_devices(args, hparams, lora=None):
+    """(strategy, compile mode) of the run, said on stderr with what the run will likely not fit
+    (`lora`: a LoRA run's LoraConfig)."""
     strategy = make_strategy(args.distribute)
     check_replicas(args, strategy)
     compile_mode = args.compile if args.compile != "auto" else default_compile()
     print(f"Training on {summary(strategy, compile_mode)}", file=sys.stderr, flush=True)
-    warning = memory_warning(hparams, args, device_memory(), xla=compile_mode == "xla")
+    warning = memory_warning(hparams, args, device_memory(), xla=compile_mode == "xla", lora=lora)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     emulated = emulated_bfloat16() if args.mixed_precision == "bf16" else None
