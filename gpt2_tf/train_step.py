@@ -13,24 +13,26 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gpt2_tf.model import GPT2
+from gpt2_tf.model import GPT2, weights_to_be_loaded
 from gpt2_tf.score import loss_sum, window_scores
 
 POLICIES = {None: "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
-def build_model(hparams, mixed_precision=None, memory_saving=False, residual_scaling=False):
+def build_model(hparams, mixed_precision=None, memory_saving=False, residual_scaling=False, restored=False):
     """A GPT2 with float32 weights; with mixed_precision 'bf16' or 'fp16' it computes in that type.
 
     With memory_saving, each block's activations are recomputed in the backward pass
     (`recompute_blocks`). The weights are freshly initialised as GPT-2 was (residual_scaling: the
-    residual projections scaled by 1/sqrt(2 n_layer), for training from scratch); load trained
-    weights with checkpoint.restore.
+    residual projections scaled by 1/sqrt(2 n_layer), for training from scratch), or with `restored`
+    left as zeros for checkpoint.restore to fill: random values that the checkpoint then replaced left
+    a 1558M run holding 8.9 GiB instead of 6.7 once loaded (bench/train_memory.py).
     """
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(POLICIES[mixed_precision])
     try:
-        model = GPT2(hparams, residual_scaling=residual_scaling)
+        with weights_to_be_loaded() if restored else contextlib.nullcontext():
+            model = GPT2(hparams, residual_scaling=residual_scaling)
     finally:
         keras.config.set_dtype_policy(previous)
     if memory_saving:

@@ -3,6 +3,7 @@ The flags, their checks (gpt2_tf/cli/train_checks.py, before TensorFlow is impor
 the work (gpt2_tf/cli/train_loop.py). This module does not import TensorFlow.
 """
 
+import os
 import sys
 
 from gpt2_tf.checkpoint_files import CheckpointError
@@ -176,6 +177,12 @@ def check_args(args):
 
 def train(args, checked):
     """What train.py does once its flags are checked (gpt2_tf/cli/train_loop.py)."""
+    if checked.lora or args.memory_saving_gradients or args.twremat:
+        # Runs sized to the memory: TensorFlow's x86 builds give oneDNN an allocator that keeps freed
+        # memory in a pool, which held a 1558M LoRA run at 11.0 GiB instead of 9.4; the system allocator
+        # returns it, for 0.88-0.95x the speed of a 124M update (docs/performance.md). Read when
+        # TensorFlow makes its first tensor; TF_ONEDNN_USE_SYSTEM_ALLOCATOR=0 keeps the pool.
+        os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
     from gpt2_tf.cli.train_loop import run
 
     if hasattr(sys.stdout, "reconfigure"):

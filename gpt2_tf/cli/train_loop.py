@@ -321,7 +321,7 @@ def set_up(args, checked):
 
     with strategy.scope():
         model = build_model(hparams, args.mixed_precision, memory_saving=memory_saving,
-                            residual_scaling=args.init == "scratch")
+                            residual_scaling=args.init == "scratch", restored=start is not None)
         if checked.lora:  # the base model frozen, LoRA's factors trained
             variables = lora.enable_lora(model, checked.lora[1], seed=args.seed)
         else:
