@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""The cost of the system allocator (gpt2_tf sets TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1) against oneDNN's
-pool, which keeps freed memory: training and sampling speed of the 124M shape, side by side.
+"""The cost of oneDNN's system allocator (TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1, which train.py sets for the
+runs sized to the memory) against its pool, which keeps freed memory: training and sampling speed of
+the 124M shape, side by side.
 
 Runs bench/train.py (ours only, no large shapes) and bench/sample.py (ours, float32) once per setting
 per round, the two settings alternating, and prints each figure under both with the ratio of the
